@@ -1,0 +1,127 @@
+"""One city run: the twin plays the devices, the brain controls through the device path.
+
+Used by `urbanbrain bench` (one session per controller, same scenario and seed) and
+by `urbanbrain run` (the live view). The evaluator parts (KPIs, estimator error)
+read the simulator; the brain never does, except in the labelled oracle mode.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from urbanbrain.control import CONTROLLERS, SafetyLayer, SafetyLimits
+from urbanbrain.control.brain_loop import BrainLoop, DecisionSink
+from urbanbrain.core.bus import EventBus
+from urbanbrain.kpi import QueueMonitor, TripKpis, trip_kpis
+from urbanbrain.network.model import Network
+from urbanbrain.state.estimator import SensorEstimator
+from urbanbrain.state.oracle import OracleObserver
+from urbanbrain.twin.scenario import Scenario
+from urbanbrain.twin.sumo_twin import Twin
+
+OBSERVATIONS = ("sensors", "oracle")
+ESTIMATOR_SAMPLE_S = 10.0
+
+
+@dataclass
+class RunResult:
+    controller: str
+    observation: str
+    kpis: TripKpis
+    max_queue: int
+    per_intersection: dict[str, dict[str, float]]
+    wall_s: float
+    estimator_mae_veh: float | None
+    safety: dict[str, int] = field(default_factory=dict)
+    commands: int = 0
+
+
+class CitySession:
+    """A scenario under one controller, stepped one simulated second at a time."""
+
+    def __init__(self, scenario: Scenario, network: Network, controller: str, *, observation: str = "sensors",
+                 seed: int = 1, horizon_s: float = 3600.0, explain: DecisionSink | None = None,
+                 measure_estimator: bool = False, safety_limits: SafetyLimits | None = None):
+        if controller not in CONTROLLERS:
+            raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
+        if observation not in OBSERVATIONS:
+            raise ValueError(f"unknown observation {observation!r}; choose from {', '.join(OBSERVATIONS)}")
+        self.scenario = scenario
+        self.network = network
+        self.controller = CONTROLLERS[controller](network)
+        self.observation = observation
+        self.end_s = scenario.begin_s + horizon_s
+        self._tmp = tempfile.TemporaryDirectory(prefix="urbanbrain-run-")
+        self.tripinfo = Path(self._tmp.name) / "tripinfo.xml"
+        self.bus = EventBus()
+        self.twin = Twin(scenario, network, self.bus, local_program=self.controller.local_program, seed=seed,
+                         tripinfo_path=self.tripinfo)
+        self.estimator: SensorEstimator | None = None
+        self.brain: BrainLoop | None = None
+        remote = self.controller.local_program is None
+        if observation == "oracle" and remote:
+            observer = OracleObserver(network, self.twin.sumo, self.bus)
+        else:
+            observer = SensorEstimator(network, self.bus)
+            self.estimator = observer
+        if remote:
+            safety = SafetyLayer(network, safety_limits or SafetyLimits())
+            self.brain = BrainLoop(self.controller, observer, safety, self.bus, explain=explain)
+        self.monitor: QueueMonitor | None = None
+        self._measure_estimator = measure_estimator and self.estimator is not None
+        self._errors: list[float] = []
+        self._started = 0.0
+
+    @property
+    def now(self) -> float:
+        return self.twin.now
+
+    @property
+    def done(self) -> bool:
+        return self.twin.now >= self.end_s - 1e-9
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self.twin.start()
+        self.monitor = QueueMonitor(self.network, self.twin.sumo)
+        if self.brain is not None:
+            self.brain.take_control(self.twin.now)
+
+    def step(self) -> None:
+        now = self.twin.step()
+        self.monitor.sample(self.twin.step_length_s)
+        if self.brain is not None:
+            self.brain.tick(now)
+        if self._measure_estimator and now % ESTIMATOR_SAMPLE_S < self.twin.step_length_s:
+            self._errors.append(self.estimator_error())
+
+    def estimator_error(self) -> float:
+        """Mean absolute error, vehicles per approach lane, of the estimate against the simulator."""
+        lane_api = self.twin.sumo.lane
+        lanes = self.estimator.state.lanes
+        errors = [abs(state.vehicles - lane_api.getLastStepVehicleNumber(lane)) for lane, state in lanes.items()]
+        return sum(errors) / len(errors) if errors else 0.0
+
+    def finish(self) -> RunResult:
+        self.twin.close()
+        kpis = trip_kpis(self.tripinfo, self.end_s)
+        wall = time.perf_counter() - self._started
+        self._tmp.cleanup()
+        safety: dict[str, int] = {}
+        if self.brain is not None:
+            for intervention in self.brain.safety.interventions:
+                safety[intervention.outcome] = safety.get(intervention.outcome, 0) + 1
+        return RunResult(
+            controller=self.controller.name,
+            observation=self.observation,
+            kpis=kpis,
+            max_queue=self.monitor.max_queue,
+            per_intersection={k: vars(v).copy() for k, v in self.monitor.per_intersection.items()},
+            wall_s=wall,
+            estimator_mae_veh=sum(self._errors) / len(self._errors) if self._errors else None,
+            safety=safety,
+            commands=self.brain.commands_sent if self.brain is not None else 0,
+        )

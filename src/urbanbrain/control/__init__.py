@@ -1,0 +1,23 @@
+"""Signal control: controllers, the safety layer, and the loop that joins them."""
+
+from urbanbrain.control.base import Controller, LocalProgram, PhaseDecision, actuated, delaybased, fixed
+from urbanbrain.control.maxpressure import MaxPressure
+from urbanbrain.control.safety import SafetyIntervention, SafetyLayer, SafetyLimits
+
+CONTROLLERS = {
+    "fixed": fixed,
+    "actuated": actuated,
+    "delaybased": delaybased,
+    "maxpressure": MaxPressure,
+}
+
+__all__ = [
+    "CONTROLLERS",
+    "Controller",
+    "LocalProgram",
+    "MaxPressure",
+    "PhaseDecision",
+    "SafetyIntervention",
+    "SafetyLayer",
+    "SafetyLimits",
+]

@@ -1,0 +1,69 @@
+"""The brain's control loop: state -> controller decisions -> safety layer -> devices.
+
+Commands leave only through the bus, and only after the safety layer; the loop also
+feeds controller reports to the safety layer's conflict monitor and keeps each
+decision's explanation for whoever asks why.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from urbanbrain.control.base import Controller, PhaseDecision
+from urbanbrain.control.safety import SafetyLayer
+from urbanbrain.core.bus import EventBus
+from urbanbrain.state.model import CityState
+
+DecisionSink = Callable[[dict[str, Any]], None]
+
+
+class BrainLoop:
+    def __init__(self, controller: Controller, observer: Any, safety: SafetyLayer, bus: EventBus,
+                 explain: DecisionSink | None = None, keep_decisions: int = 1000):
+        self.controller = controller
+        self.observer = observer
+        self.safety = safety
+        self.bus = bus
+        self.explain = explain
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep_decisions)
+        self.commands_sent = 0
+        bus.subscribe("controller", safety.observe)
+
+    @property
+    def state(self) -> CityState:
+        return self.observer.state
+
+    def take_control(self, now: float) -> None:
+        """Put every intersection the controller drives under remote control."""
+        for intersection_id in self.safety.network.intersections:
+            signal = self.state.signals.get(intersection_id)
+            phase = signal.phase if signal is not None and signal.phase is not None else 0
+            self.safety.take_control(intersection_id, phase, now)
+
+    def tick(self, now: float) -> None:
+        refresh = getattr(self.observer, "refresh", None)
+        if refresh is not None:
+            refresh(now)
+        for command in self.safety.tick(now):
+            self._send(command)
+        for decision in self.controller.decide(self.state, now):
+            command = self.safety.command(decision.intersection, "go", decision.phase, now,
+                                          min_green_s=decision.min_green_s, reason=decision.reason)
+            safe = self.safety.submit(command, now)
+            self._record(decision, now, safe is not None and safe.action != "hold")
+            if safe is not None and safe.action != "hold":
+                self._send(safe)
+
+    def _send(self, command) -> None:
+        self.commands_sent += 1
+        self.bus.publish(command)
+
+    def _record(self, decision: PhaseDecision, now: float, switched: bool) -> None:
+        entry = {"time": now, "controller": self.controller.name, "observation": self.state.source,
+                 **asdict(decision), "switched": switched}
+        self.recent.append(entry)
+        if self.explain is not None:
+            self.explain(entry)

@@ -1,0 +1,190 @@
+"""The safety layer: the one place every signal command passes through.
+
+Whatever a controller asks for, what reaches a device obeys the signal rules:
+minimum green, the full change interval (yellow + all-red) before any conflicting
+movement gets green, maximum green, and never two conflicting movements green.
+An unsafe command is corrected (timings raised, a premature change deferred until
+it is allowed, an over-long green forced off) or refused, and every intervention is
+logged with the rule that caused it. It also watches controller reports as a
+conflict monitor, so a device showing conflicting greens is flagged at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from urbanbrain.devices.protocol import ControllerState, SignalCommand
+from urbanbrain.devices.signal_controller import change_interval_states
+from urbanbrain.network.model import Intersection, Network
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    min_green_s: float = 5.0
+    max_green_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class SafetyIntervention:
+    time: float
+    intersection: str
+    outcome: str  # corrected | deferred | refused | forced | violation
+    rule: str
+    detail: str
+
+
+class UnsafePhaseError(ValueError):
+    """A phase table shows conflicting movements green together."""
+
+
+@dataclass
+class _Track:
+    """The layer's own record of what it let a controller do."""
+
+    phase: int
+    green_since: float
+    min_green_s: float
+    change_until: float = float("-inf")
+    pending: SignalCommand | None = None
+
+
+@dataclass
+class SafetyLayer:
+    network: Network
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    issuer: str = "brain"
+    interventions: list[SafetyIntervention] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for intersection in self.network.intersections.values():
+            for phase in intersection.phases:
+                pairs = intersection.conflicting_pairs(phase.state)
+                if pairs:
+                    raise UnsafePhaseError(
+                        f"intersection {intersection.id!r} phase {phase.index} shows conflicting groups green: {pairs}"
+                    )
+        self._tracks: dict[str, _Track] = {}
+        self._seq = 0
+
+    def take_control(self, intersection_id: str, phase: int, now: float) -> None:
+        """Start tracking a controller handed to remote control, showing green `phase` since `now`."""
+        self.network.intersection(intersection_id)
+        self._tracks[intersection_id] = _Track(phase=phase, green_since=now, min_green_s=self.limits.min_green_s)
+
+    def green_elapsed(self, intersection_id: str, now: float) -> float:
+        track = self._tracks[intersection_id]
+        return now - track.green_since
+
+    def submit(self, command: SignalCommand, now: float) -> SignalCommand | None:
+        """Return the command a device may execute now, or None if refused or deferred."""
+        track = self._tracks.get(command.intersection)
+        if track is None:
+            return self._refuse(command, now, "remote-control", "intersection is not under remote control")
+        intersection = self.network.intersections[command.intersection]
+        if command.phase is not None and command.phase >= len(intersection.phases):
+            return self._refuse(command, now, "phase", f"phase {command.phase} does not exist (has {len(intersection.phases)})")
+        if now < track.change_until:
+            return self._refuse(command, now, "clearance", f"change interval runs until {track.change_until:.1f}")
+        if command.action == "hold" or command.phase == track.phase:
+            if now - track.green_since >= self.limits.max_green_s:
+                return self._force_off(intersection, track, now, "max-green")
+            track.pending = None
+            return command.model_copy(update={"action": "hold", "phase": track.phase})
+        return self._change(intersection, track, command, now)
+
+    def tick(self, now: float) -> list[SignalCommand]:
+        """Release deferred changes whose minimum green is served; force off greens past maximum."""
+        released = []
+        for intersection_id, track in self._tracks.items():
+            if now < track.change_until:
+                continue
+            intersection = self.network.intersections[intersection_id]
+            if track.pending is not None and now - track.green_since >= track.min_green_s:
+                command, track.pending = track.pending, None
+                result = self._change(intersection, track, command, now)
+                if result is not None:
+                    released.append(result)
+            elif now - track.green_since >= self.limits.max_green_s:
+                released.append(self._force_off(intersection, track, now, "max-green"))
+        return released
+
+    def observe(self, report: ControllerState) -> None:
+        """Conflict monitor: flag any reported state that shows conflicting greens."""
+        intersection = self.network.intersections.get(report.intersection)
+        if intersection is None or len(report.signal_state) != intersection.n_groups:
+            return
+        pairs = intersection.conflicting_pairs(report.signal_state)
+        if pairs:
+            self._log(report.time, report.intersection, "violation", "conflict-monitor", f"conflicting greens {pairs}")
+
+    def _change(self, intersection: Intersection, track: _Track, command: SignalCommand, now: float) -> SignalCommand | None:
+        target = command.phase if command.phase is not None else (track.phase + 1) % len(intersection.phases)
+        served = now - track.green_since
+        if served < track.min_green_s:
+            track.pending = command
+            self._log(now, intersection.id, "deferred", "min-green", f"green {track.phase} served {served:.1f} s of {track.min_green_s:.1f} s")
+            return None
+        safe = self._corrected_timings(intersection, command.model_copy(update={"phase": target}), now)
+        states = (*change_interval_states(intersection.phases[track.phase].state, intersection.phases[target].state), intersection.phases[target].state)
+        for state in states:
+            if intersection.conflicting_pairs(state):
+                return self._refuse(command, now, "conflict", f"change to {target} would show conflicting greens")
+        track.phase = target
+        track.change_until = now + safe.yellow_s + safe.all_red_s
+        track.green_since = track.change_until
+        track.min_green_s = safe.min_green_s
+        track.pending = None
+        return safe
+
+    def _corrected_timings(self, intersection: Intersection, command: SignalCommand, now: float) -> SignalCommand:
+        clearance = intersection.clearance
+        update: dict[str, float] = {}
+        if command.yellow_s < clearance.yellow_s:
+            update["yellow_s"] = clearance.yellow_s
+        if command.all_red_s < clearance.all_red_s:
+            update["all_red_s"] = clearance.all_red_s
+        if command.min_green_s < self.limits.min_green_s:
+            update["min_green_s"] = self.limits.min_green_s
+        elif command.min_green_s > self.limits.max_green_s:
+            update["min_green_s"] = self.limits.max_green_s
+        if update:
+            self._log(now, intersection.id, "corrected", "timings", ", ".join(f"{k} -> {v:g}" for k, v in update.items()))
+        return command.model_copy(update=update)
+
+    def _force_off(self, intersection: Intersection, track: _Track, now: float, rule: str) -> SignalCommand:
+        command = self.command(intersection.id, "force_off", (track.phase + 1) % len(intersection.phases), now,
+                               reason=f"{rule}: green {track.phase} reached {self.limits.max_green_s:g} s")
+        self._log(now, intersection.id, "forced", rule, command.reason)
+        track.pending = None
+        result = self._change(intersection, track, command, now)
+        assert result is not None, "a force-off after maximum green always satisfies minimum green"
+        return result
+
+    def command(self, intersection_id: str, action: str, phase: int | None, now: float, *, min_green_s: float | None = None,
+                reason: str = "") -> SignalCommand:
+        """Build a command stamped with the issuer's id and next sequence number."""
+        clearance = self.network.intersection(intersection_id).clearance
+        self._seq += 1
+        return SignalCommand(
+            device_id=self.issuer,
+            seq=self._seq,
+            time=now,
+            intersection=intersection_id,
+            action=action,
+            phase=phase,
+            min_green_s=self.limits.min_green_s if min_green_s is None else min_green_s,
+            yellow_s=clearance.yellow_s,
+            all_red_s=clearance.all_red_s,
+            reason=reason,
+        )
+
+    def _refuse(self, command: SignalCommand, now: float, rule: str, detail: str) -> None:
+        self._log(now, command.intersection, "refused", rule, detail)
+        return None
+
+    def _log(self, now: float, intersection: str, outcome: str, rule: str, detail: str) -> None:
+        self.interventions.append(SafetyIntervention(now, intersection, outcome, rule, detail))
+        log.debug("safety %s %s at %.1f: %s (%s)", outcome, intersection, now, detail, rule)

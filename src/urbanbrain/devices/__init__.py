@@ -1,0 +1,25 @@
+"""Field devices: the protocol they speak and the behaviour of a signal controller."""
+
+from urbanbrain.devices.protocol import (
+    PROTOCOL_VERSION,
+    CameraPassage,
+    ControllerState,
+    DetectorReport,
+    LoopReading,
+    ProtocolError,
+    SignalCommand,
+    parse_command,
+    parse_event,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "CameraPassage",
+    "ControllerState",
+    "DetectorReport",
+    "LoopReading",
+    "ProtocolError",
+    "SignalCommand",
+    "parse_command",
+    "parse_event",
+]

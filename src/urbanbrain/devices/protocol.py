@@ -1,0 +1,142 @@
+"""The device protocol: what field devices send the brain and what the brain sends back.
+
+These pydantic models are the single definition of the wire format; the digital
+twin, the in-process brain and (later) the HTTP/MQTT ingress all use them, so a real
+city's devices and the twin are interchangeable. Every message carries the protocol
+version, the device id and a per-device sequence number (for idempotent resend).
+Invalid input raises :class:`ProtocolError`, which names each bad field and why.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+PROTOCOL_VERSION = "1.0"
+
+Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+SignalState = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[rRyYgGsuoO]+$")]
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; `errors` lists (field, reason)."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in errors))
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal["1.0"] = PROTOCOL_VERSION
+    device_id: Identifier
+    seq: int = Field(ge=0, description="per-device sequence number, for idempotent resend")
+    time: float = Field(ge=0, allow_inf_nan=False, description="seconds (scenario clock or Unix time)")
+
+
+class LoopReading(BaseModel):
+    """One inductive loop's count and occupancy over the report interval."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detector_id: Identifier
+    lane: Identifier
+    position: Literal["stopline", "advance"]
+    count: int = Field(ge=0, le=1000)
+    occupancy: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+class DetectorReport(_Message):
+    """A detector station's per-lane loop readings for one interval (NTCIP volume/occupancy style)."""
+
+    kind: Literal["detector"] = "detector"
+    interval_s: float = Field(gt=0, le=3600, allow_inf_nan=False)
+    readings: list[LoopReading] = Field(min_length=1)
+
+
+class CameraPassage(_Message):
+    """An ANPR camera saw one vehicle cross its line."""
+
+    kind: Literal["camera"] = "camera"
+    lane: Identifier
+    speed_ms: float = Field(ge=0, le=100, allow_inf_nan=False)
+    plate: Annotated[str, Field(pattern=r"^[A-Z0-9-]{2,16}$")]
+    vehicle_class: Literal["car", "truck", "bus", "motorcycle", "bicycle", "emergency", "other"]
+
+
+class ControllerState(_Message):
+    """A signal controller's report of what its signal heads show right now."""
+
+    kind: Literal["controller"] = "controller"
+    intersection: Identifier
+    signal_state: SignalState
+    phase: int | None = Field(ge=0, description="green phase index, None during a change interval")
+    time_in_phase_s: float = Field(ge=0, allow_inf_nan=False)
+    mode: Literal["remote", "plan", "fallback", "flash"]
+
+
+DeviceEvent = Annotated[Union[DetectorReport, CameraPassage, ControllerState], Field(discriminator="kind")]
+
+
+class SignalCommand(_Message):
+    """A command to a signal controller, in the spirit of NTCIP 1202.
+
+    - `go`: end the current green and, after the change interval given here (yellow
+      to the movements losing green, then all-red), show green `phase` for at least
+      `min_green_s`;
+    - `hold`: keep the current green;
+    - `force_off`: end the current green now, moving to `phase` (or the next in sequence).
+    `device_id` names the issuer (the brain), `intersection` the controller.
+    """
+
+    kind: Literal["signal"] = "signal"
+    intersection: Identifier
+    action: Literal["go", "hold", "force_off"]
+    phase: int | None = Field(default=None, ge=0)
+    min_green_s: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
+    yellow_s: float = Field(default=3.0, ge=0, le=30, allow_inf_nan=False)
+    all_red_s: float = Field(default=0.0, ge=0, le=30, allow_inf_nan=False)
+    reason: str = Field(default="", max_length=2000)
+
+    @model_validator(mode="after")
+    def _go_needs_phase(self) -> SignalCommand:
+        if self.action == "go" and self.phase is None:
+            raise ValueError("action 'go' needs a target phase")
+        return self
+
+
+_event_adapter: TypeAdapter[DeviceEvent] = TypeAdapter(DeviceEvent)
+
+
+def _errors(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(".".join(str(p) for p in err["loc"]) or "message", err["msg"]) for err in exc.errors()]
+
+
+def _load(data: str | bytes | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError([("message", f"not valid JSON: {exc.msg} at position {exc.pos}")]) from None
+    if not isinstance(data, dict):
+        raise ProtocolError([("message", f"expected a JSON object, got {type(data).__name__}")])
+    return data
+
+
+def parse_event(data: str | bytes | dict[str, Any]) -> DetectorReport | CameraPassage | ControllerState:
+    """Validate one device event (JSON text or a decoded object)."""
+    try:
+        return _event_adapter.validate_python(_load(data))
+    except ValidationError as exc:
+        raise ProtocolError(_errors(exc)) from None
+
+
+def parse_command(data: str | bytes | dict[str, Any]) -> SignalCommand:
+    """Validate one signal command (JSON text or a decoded object)."""
+    try:
+        return SignalCommand.model_validate(_load(data))
+    except ValidationError as exc:
+        raise ProtocolError(_errors(exc)) from None

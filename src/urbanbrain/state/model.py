@@ -1,0 +1,41 @@
+"""The city's traffic state as the brain believes it to be.
+
+Controllers read only this. In `sensors` mode it is estimated from device events;
+in the research-only `oracle` mode it is read from the simulator, and `source` says
+which, so a result can never be mistaken for the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LaneState:
+    vehicles: float = 0.0  # vehicles on the link (between advance and stop-line devices)
+    queue: float = 0.0  # of which standing in the queue
+    flow_vph: float = 0.0  # discharge at the stop line, vehicles per hour
+    mean_speed_ms: float | None = None  # at the stop line, from camera passages
+    arrivals: float = 0.0  # vehicles entering the link in the last minute
+
+
+@dataclass
+class SignalStatus:
+    signal_state: str
+    phase: int | None  # green phase, None during a change interval
+    time_in_phase_s: float
+    mode: str
+    updated: float
+
+
+@dataclass
+class CityState:
+    source: str  # "sensors" or "oracle (research only)"
+    time: float = 0.0
+    lanes: dict[str, LaneState] = field(default_factory=dict)
+    signals: dict[str, SignalStatus] = field(default_factory=dict)
+
+    def vehicles(self, lane_id: str) -> float:
+        """Vehicles on a lane; 0 for a lane no device observes."""
+        lane = self.lanes.get(lane_id)
+        return 0.0 if lane is None else lane.vehicles
