@@ -1,0 +1,152 @@
+"""The `urbanbrain` command line: `run` (the brain live on a city) and `bench`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from urbanbrain.bench import report
+from urbanbrain.bench.session import OBSERVATIONS, CitySession
+from urbanbrain.control import CONTROLLERS
+from urbanbrain.network import read_network
+from urbanbrain.twin.scenario import load_scenario
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="urbanbrain: an open-source City Brain.")
+console = Console(width=None if sys.stdout.isatty() else 180)
+
+
+def _controllers(spec: str | None) -> list[str]:
+    names = list(CONTROLLERS) if not spec else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTROLLERS]
+    if unknown:
+        raise typer.BadParameter(f"unknown controller(s) {', '.join(unknown)}; choose from {', '.join(CONTROLLERS)}")
+    return names
+
+
+def _load(scenario: str):
+    try:
+        loaded = load_scenario(scenario)
+        return loaded, read_network(loaded.net_file)
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scenario") from None
+
+
+@app.command()
+def bench(
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    controller: Annotated[str | None, typer.Option(help="comma-separated controllers (default: all)")] = None,
+    observation: Annotated[str, typer.Option(help="sensors (devices only) or oracle (research only: reads the simulator)")] = "sensors",
+    horizon: Annotated[int, typer.Option(min=1, help="simulated seconds from the scenario's begin")] = 3600,
+    seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write results as JSON here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG plot of the KPIs here")] = None,
+    explain: Annotated[Path | None, typer.Option(help="write every decision and why as JSON lines here")] = None,
+    details: Annotated[Path | None, typer.Option(help="write per-intersection KPIs, estimator error and safety log counts here")] = None,
+) -> None:
+    """Run controllers side by side on one scenario (each in its own simulation) and compare KPIs."""
+    if observation not in OBSERVATIONS:
+        raise typer.BadParameter(f"choose sensors or oracle, not {observation!r}", param_hint="--observation")
+    names = _controllers(controller)
+    loaded, network = _load(scenario)
+    if observation == "oracle":
+        console.print("[bold yellow]oracle observation: controllers read the simulator directly — research comparison only[/]")
+    explain_file = explain.open("w", encoding="utf-8") if explain else None
+    results = []
+    try:
+        for name in names:
+            sink = (lambda entry: explain_file.write(json.dumps(entry) + "\n")) if explain_file else None
+            session = CitySession(loaded, network, name, observation=observation, seed=seed, horizon_s=horizon,
+                                  explain=sink, measure_estimator=observation == "sensors")
+            with Progress(TextColumn(f"{name:<12}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                          TimeElapsedColumn(), console=console, transient=True) as progress:
+                task = progress.add_task(name, total=horizon)
+                session.start()
+                while not session.done:
+                    session.step()
+                    progress.update(task, completed=session.now - loaded.begin_s)
+            results.append(session.finish())
+    finally:
+        if explain_file:
+            explain_file.close()
+    record = report.bench_record(loaded.name, horizon, observation, version("eclipse-sumo"), results)
+    console.print(report.table(record, results))
+    if json_path:
+        report.write_json(record, json_path)
+    if plot:
+        report.plot(record, plot)
+    if details:
+        report.write_json({r.controller: {"per_intersection": r.per_intersection, "max_queue": r.max_queue,
+                                          "estimator_mae_veh": r.estimator_mae_veh, "safety": r.safety,
+                                          "commands": r.commands} for r in results}, details)
+
+
+@app.command()
+def run(
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    controller: Annotated[str, typer.Option(help="the controller the brain runs")] = "maxpressure",
+    duration: Annotated[float | None, typer.Option(min=1, help="stop after this many simulated seconds")] = None,
+    speed: Annotated[float, typer.Option(min=0, help="simulated seconds per real second (0: as fast as possible)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
+) -> None:
+    """The brain live on a city: the twin plays the devices, the brain controls every signal."""
+    _controllers(controller)
+    loaded, network = _load(scenario)
+    horizon = duration if duration is not None else 24 * 3600.0
+    session = CitySession(loaded, network, controller, seed=seed, horizon_s=horizon)
+    session.start()
+    start = time.monotonic()
+    try:
+        with Live(_live_view(session), console=console, refresh_per_second=4) as live:
+            while not session.done and session.twin.sumo.simulation.getMinExpectedNumber() > 0:
+                session.step()
+                live.update(_live_view(session))
+                if speed > 0:
+                    lag = (session.now - loaded.begin_s) / speed - (time.monotonic() - start)
+                    if lag > 0:
+                        time.sleep(lag)
+    except KeyboardInterrupt:
+        console.print("stopped")
+    result = session.finish()
+    k = result.kpis
+    console.print(f"{loaded.name}: {k.scheduled} vehicles scheduled, {k.throughput} arrived, "
+                  f"total delay {k.total_delay_s:.1f} s/veh, travel time {k.att_s:.1f} s")
+
+
+def _live_view(session: CitySession) -> Table:
+    sumo = session.twin.sumo
+    vehicles = sumo.vehicle.getIDCount()
+    state = session.brain.state if session.brain is not None else session.estimator.state
+    clock = time.strftime("%H:%M:%S", time.gmtime(session.now))
+    view = Table(title=f"urbanbrain — {session.scenario.name} — {clock} — {vehicles} vehicles in the network "
+                       f"— controller {session.controller.name} ({state.source})")
+    for column in ("intersection", "phase", "in phase s", "signal", "queue veh", "on approaches veh"):
+        view.add_column(column, justify="left" if column in ("intersection", "signal") else "right")
+    for intersection in session.network.intersections.values():
+        signal = state.signals.get(intersection.id)
+        lanes = [state.lanes[lane] for lane in intersection.in_lanes if lane in state.lanes]
+        view.add_row(
+            intersection.id,
+            "change" if signal is None or signal.phase is None else str(signal.phase),
+            f"{signal.time_in_phase_s:.0f}" if signal else "-",
+            signal.signal_state if signal else "-",
+            f"{sum(lane.queue for lane in lanes):.0f}",
+            f"{sum(lane.vehicles for lane in lanes):.0f}",
+        )
+    monitor = session.monitor
+    delay = sum(k.stopped_veh_s for k in monitor.per_intersection.values()) / max(1, vehicles + 1)
+    view.caption = f"network standing time so far {delay:.0f} veh·s per vehicle now in the network (twin evaluation)"
+    return view
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,167 @@
+"""Safety, property-tested: whatever commands arrive, the signal heads stay safe.
+
+Random intersections (random conflict graphs, conflict-free phases, random change
+intervals) get random command sequences through the safety layer into the field
+controller; the heads' states, sampled every half second, must never show two
+conflicting groups green, every loss of green must show its yellow and the full
+change interval before a conflicting group gets green, and greens last at least the
+minimum and at most the maximum.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from urbanbrain.control.safety import SafetyLayer, SafetyLimits, UnsafePhaseError
+from urbanbrain.devices.protocol import ControllerState, SignalCommand
+from urbanbrain.devices.signal_controller import SignalController
+from urbanbrain.network.model import GREEN_CHARS, Clearance, Intersection, Network, Phase
+
+DT = 0.5
+LIMITS = SafetyLimits(min_green_s=5.0, max_green_s=60.0)
+
+
+@st.composite
+def intersections(draw) -> Intersection:
+    n = draw(st.integers(2, 10))
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    edges = draw(st.lists(st.sampled_from(pairs), unique=True)) if pairs else []
+    conflicts = [set() for _ in range(n)]
+    for i, j in edges:
+        conflicts[i].add(j)
+        conflicts[j].add(i)
+    phases: list[str] = []
+    for _ in range(draw(st.integers(2, 5))):
+        order = draw(st.permutations(range(n)))
+        greens: set[int] = set()
+        for g in order:  # greedy maximal conflict-free set: a valid stage
+            if not conflicts[g] & greens:
+                greens.add(g)
+        state = "".join(draw(st.sampled_from("Gg")) if k in greens else "r" for k in range(n))
+        if state not in phases:
+            phases.append(state)
+    if len(phases) < 2:
+        phases.append("r" * n)
+    half = st.integers(1, 10).map(lambda k: k * DT)
+    clearance = Clearance(yellow_s=draw(half), all_red_s=draw(st.integers(0, 6).map(lambda k: k * DT)))
+    return Intersection(
+        id="J", position=(0.0, 0.0), approaches=(), movements=(),
+        phases=tuple(Phase(i, s, 30.0) for i, s in enumerate(phases)),
+        conflicts=tuple(frozenset(c) for c in conflicts), clearance=clearance, clearance_source="test", program_id="0",
+    )
+
+
+commands = st.lists(
+    st.tuples(
+        st.integers(0, 30).map(lambda k: k * DT),  # wait before the command
+        st.sampled_from(["go", "go", "hold", "force_off"]),
+        st.integers(0, 6),  # phase, possibly one that does not exist
+        st.integers(0, 40).map(lambda k: k * DT),  # requested minimum green
+        st.integers(0, 8).map(lambda k: k * DT),  # requested yellow
+        st.integers(0, 4).map(lambda k: k * DT),  # requested all-red
+    ),
+    max_size=40,
+)
+
+
+def run(intersection: Intersection, sequence) -> tuple[list[str], list[tuple[float, int | None]], SafetyLayer]:
+    network = Network("random", {}, {"J": intersection}, (0, 0, 1, 1))
+    safety = SafetyLayer(network, LIMITS)
+    controller = SignalController("J", intersection.phases, 0, 0.0)
+    safety.take_control("J", 0, 0.0)
+    schedule: dict[float, list] = {}
+    t = 0.0
+    for seq, (wait, action, phase, min_green, yellow, red) in enumerate(sequence):
+        t += wait
+        schedule.setdefault(t, []).append(SignalCommand(
+            device_id="brain", seq=seq, time=t, intersection="J", action=action,
+            phase=None if action != "go" and phase % 2 else phase, min_green_s=min_green, yellow_s=yellow, all_red_s=red,
+        ))
+    states, phases = [], []
+    end = t + 3 * LIMITS.max_green_s
+    now = 0.0
+    while now <= end:
+        for command in safety.tick(now):
+            controller.apply(command, now)
+        for command in schedule.get(now, []):
+            safe = safety.submit(command, now)
+            if safe is not None:
+                controller.apply(safe, now)
+        state = controller.state_at(now)
+        safety.observe(ControllerState(device_id="ctl", seq=len(states), time=now, intersection="J", signal_state=state,
+                                       phase=controller.report_phase(now)[0], time_in_phase_s=0, mode="remote"))
+        states.append(state)
+        phases.append(controller.report_phase(now))
+        now += DT
+    return states, phases, safety
+
+
+@settings(max_examples=300, deadline=None)
+@given(intersections(), commands)
+def test_no_conflicting_greens_full_clearance_min_and_max_green(intersection, sequence):
+    states, phases, safety = run(intersection, sequence)
+    clearance = intersection.clearance
+    n = intersection.n_groups
+    last_green = [float("-inf")] * n  # last sample time each group showed green
+    green_start = [0.0 if states[0][g] in GREEN_CHARS else None for g in range(n)]
+    yellow_run = [0.0] * n
+    for k, state in enumerate(states):
+        now = k * DT
+        assert not intersection.conflicting_pairs(state), f"conflicting greens at {now}: {state}"
+        for g, c in enumerate(state):
+            was = states[k - 1][g] if k else state[g]
+            if c in GREEN_CHARS:
+                if was not in GREEN_CHARS:  # gaining green: every conflicting group cleared long enough
+                    for h in intersection.conflicts[g]:
+                        gap = now - (last_green[h] + DT)
+                        assert gap >= clearance.total_s - 1e-9, f"group {g} green {gap} s after conflicting {h}"
+                    green_start[g] = now
+                last_green[g] = now
+            elif was in GREEN_CHARS:  # losing green: yellow first, and the green lasted the minimum
+                assert c == "y", f"group {g} went {was}->{c} without yellow at {now}"
+                assert now - green_start[g] >= LIMITS.min_green_s - 1e-9, f"group {g} green only {now - green_start[g]} s"
+            if c == "y":
+                yellow_run[g] += DT
+            elif was == "y":
+                assert yellow_run[g] >= clearance.yellow_s - 1e-9, f"group {g} yellow only {yellow_run[g]} s"
+                yellow_run[g] = 0.0
+    for phase, in_phase in phases:
+        if phase is not None:
+            assert in_phase <= LIMITS.max_green_s + DT
+    assert not [i for i in safety.interventions if i.outcome == "violation"]
+
+
+def test_unsafe_phase_table_is_refused_at_start():
+    intersection = Intersection(
+        id="J", position=(0, 0), approaches=(), movements=(), phases=(Phase(0, "GG", 30), Phase(1, "rG", 30)),
+        conflicts=(frozenset({1}), frozenset({0})), clearance=Clearance(3, 2), clearance_source="t", program_id="0",
+    )
+    with pytest.raises(UnsafePhaseError, match="phase 0"):
+        SafetyLayer(Network("n", {}, {"J": intersection}, (0, 0, 1, 1)))
+
+
+def test_interventions_say_which_rule():
+    intersection = Intersection(
+        id="J", position=(0, 0), approaches=(), movements=(), phases=(Phase(0, "Gr", 30), Phase(1, "rG", 30)),
+        conflicts=(frozenset({1}), frozenset({0})), clearance=Clearance(3, 2), clearance_source="t", program_id="0",
+    )
+    safety = SafetyLayer(Network("n", {}, {"J": intersection}, (0, 0, 1, 1)), LIMITS)
+    safety.take_control("J", 0, 0.0)
+    early = safety.command("J", "go", 1, 2.0)
+    assert safety.submit(early, 2.0) is None  # before minimum green: deferred
+    released = safety.tick(5.0)
+    assert [c.phase for c in released] == [1]
+    assert released[0].yellow_s == 3 and released[0].all_red_s == 2
+    assert safety.submit(safety.command("J", "go", 0, 6.0), 6.0) is None  # change interval running: refused
+    assert safety.submit(safety.command("J", "go", 7, 20.0), 20.0) is None  # no such phase: refused
+    short = safety.command("J", "go", 0, 20.0).model_copy(update={"yellow_s": 0.5, "all_red_s": 0.0})
+    assert safety.submit(short, 20.0).yellow_s == 3  # timings below the clearance: corrected
+    outcomes = [(i.outcome, i.rule) for i in safety.interventions]
+    assert ("deferred", "min-green") in outcomes
+    assert ("refused", "clearance") in outcomes
+    assert ("refused", "phase") in outcomes
+    assert ("corrected", "timings") in outcomes
+    forced = safety.tick(20.0 + 5.0 + LIMITS.max_green_s)
+    assert forced and forced[0].action == "force_off"
