@@ -1,0 +1,40 @@
+"""The command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import scenario_cfg
+
+
+def urbanbrain(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "urbanbrain.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_bench_writes_the_published_json_shape_and_a_plot(tmp_path: Path):
+    cfg = scenario_cfg("cologne1")
+    out = urbanbrain("bench", "--scenario", str(cfg), "--controller", "fixed,maxpressure", "--horizon", "120",
+                     "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--explain", str(tmp_path / "e.jsonl"))
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert set(record) == {"scenario", "horizon_s", "observation", "sumo_version", "results"}
+    assert record["horizon_s"] == 120 and record["observation"] == "sensors" and record["sumo_version"] == "1.28.0"
+    assert list(record["results"]) == ["fixed", "maxpressure"]
+    for kpis in record["results"].values():
+        assert set(kpis) == {"att_s", "delay_s", "total_delay_s", "throughput", "not_inserted", "stops", "wall_s"}
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    decisions = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert decisions and all(d["controller"] == "maxpressure" and d["reason"] for d in decisions)
+    assert "vs best peer" in out.stdout
+
+
+def test_bad_arguments_are_named(tmp_path: Path):
+    out = urbanbrain("bench", "--scenario", str(tmp_path / "missing.sumocfg"))
+    assert out.returncode == 2 and "scenario not found" in out.stderr
+    out = urbanbrain("bench", "--scenario", str(tmp_path / "missing.sumocfg"), "--controller", "magic")
+    assert out.returncode == 2 and "magic" in out.stderr
+    out = urbanbrain("bench", "--observation", "psychic")
+    assert out.returncode == 2 and "psychic" in out.stderr
