@@ -65,7 +65,7 @@ class CitySession:
         if observation == "oracle" and remote:
             observer = OracleObserver(network, self.twin.sumo, self.bus)
         else:
-            observer = SensorEstimator(network, self.bus)
+            observer = SensorEstimator(network, self.bus, stations=self.twin.stations)
             self.estimator = observer
         if remote:
             safety = SafetyLayer(network, safety_limits or SafetyLimits())

@@ -44,7 +44,7 @@ class LoopReading(BaseModel):
 
     detector_id: Identifier
     lane: Identifier
-    position: Literal["stopline", "advance"]
+    position: Literal["entry", "mid", "advance", "stopline"]
     count: int = Field(ge=0, le=1000)
     occupancy: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
 

@@ -1,13 +1,24 @@
 """Traffic state from device events only.
 
-Vehicles on a link come from input-output counting: the advance loop near the
-link's upstream end counts vehicles in, the stop-line loop counts them out. Counting
-drifts (a vehicle changes lane between the loops, a count is missed), so each
-interval the count is corrected by what occupancy proves: a standing vehicle on the
-stop-line loop means at least one vehicle; a standing queue over the advance loop
-means the link is full; a lane that has had green for a while with nothing crossing
-its stop line holds at most the vehicles still travelling from the advance loop.
-Lane-change drift moves counts between lanes of one approach, never out of it.
+A link is watched by up to four loops per lane (see the device inventory): entry
+(the link's upstream end), mid-zone (occupancy only), advance (some way before the
+stop line, past the point where vehicles change lanes) and stop-line. Two input-output counts follow:
+
+- between advance and stop-line loops, per lane: vehicles here stay in their lane,
+  so the lane count is exact but for missed detections;
+- between entry and advance loops, per approach: vehicles here still change lanes,
+  so only the approach total is known; it is shared among the lanes by density,
+  which loop occupancy measures (a slow lane holds more vehicles than its share
+  of the flow), sampled at the entry, mid-zone and advance loops: vehicles drift
+  to the kerb lane mid-link and back before the stop line, so the ends alone
+  would miss where they are.
+
+Counting drifts, so each interval it is corrected by what occupancy proves: a
+vehicle standing on the stop-line loop is still on the link (it was counted out on
+arrival); a queue standing over the advance loop fills the lane up to it; a lane
+that has had green for a while with nothing crossing its stop line holds at most
+the vehicles that entered recently. What drift remains moves counts between the
+lanes of one approach, never out of it.
 """
 
 from __future__ import annotations
@@ -16,17 +27,38 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from urbanbrain.core.bus import EventBus
+from urbanbrain.devices.inventory import DeviceLayout, Station, place_devices
 from urbanbrain.devices.protocol import CameraPassage, ControllerState, DetectorReport
 from urbanbrain.network.model import GREEN_CHARS, Network
 from urbanbrain.state.model import CityState, LaneState, SignalStatus
 
 JAM_SPACING_M = 7.5  # metres of lane per standing car (length + gap)
 STANDING_OCCUPANCY = 0.95
+STANDING_S = 3.0
 SETTLE_GREEN_S = 6.0
 QUIET_S = 4.0
+CAP_TRAVEL_FACTOR = 2.0  # vehicles slower than the limit still count as "recent" for twice the free travel time
 FLOW_TAU_S = 300.0
+SHARE_TAU_S = 300.0
 SPEED_WEIGHT = 0.2
-CAP_TRAVEL_FACTOR = 2.0
+
+
+class _Recent:
+    """Counts in a sliding time window."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, count: int) -> None:
+        if count:
+            self._items.append((now, count))
+
+    def since(self, since: float) -> int:
+        return sum(n for t, n in self._items if t > since)
+
+    def forget_before(self, before: float) -> None:
+        while self._items and self._items[0][0] <= before:
+            self._items.popleft()
 
 
 @dataclass
@@ -34,12 +66,16 @@ class _Lane:
     id: str
     intersection: str
     groups: tuple[int, ...]
-    link_m: float
+    zone_m: float  # advance loop -> stop-line loop
     free_speed_ms: float
     state: LaneState
-    balance: float = 0.0  # advance counts in - stop-line counts out, corrected
+    balance: float = 0.0  # advance in - stop-line out, corrected
     stop_occupancy: float = 0.0
-    entries: deque[tuple[float, int]] = field(default_factory=deque)
+    share_in: float = 0.0  # recent occupancy at the entry, mid and advance loops, for sharing the entry zone
+    share_mid: float = 0.0
+    share_out: float = 0.0
+    has_mid: bool = False
+    entries: _Recent = field(default_factory=_Recent)
     green_since: float | None = None
     last_departure: float = float("-inf")
     last_stop_occupied: float = float("-inf")
@@ -47,10 +83,21 @@ class _Lane:
 
     @property
     def travel_s(self) -> float:
-        return self.link_m / max(self.free_speed_ms, 1.0)
+        return self.zone_m / max(self.free_speed_ms, 1.0)
 
-    def entries_since(self, since: float) -> int:
-        return sum(n for t, n in self.entries if t > since)
+
+@dataclass
+class _Approach:
+    lanes: list[_Lane]
+    zone_m: float  # entry loop -> advance loop, 0 without entry loops
+    upstream: float = 0.0  # vehicles between entry and advance loops
+    entries: _Recent = field(default_factory=_Recent)
+    entry_standing_s: float = 0.0
+
+    @property
+    def travel_s(self) -> float:
+        speed = max(1.0, max(lane.free_speed_ms for lane in self.lanes))
+        return self.zone_m / speed
 
 
 class SensorEstimator:
@@ -58,22 +105,34 @@ class SensorEstimator:
 
     source = "sensors"
 
-    def __init__(self, network: Network, bus: EventBus | None = None):
+    def __init__(self, network: Network, bus: EventBus | None = None, stations: list[Station] | None = None):
         self.network = network
         self.state = CityState(source=self.source)
         self._lanes: dict[str, _Lane] = {}
-        self._edges: dict[str, list[_Lane]] = {}
+        self._approach_of: dict[str, _Approach] = {}
+        positions = {}
+        for station in stations if stations is not None else place_devices(network, DeviceLayout()):
+            for loop in station.loops:
+                positions[(loop.lane, loop.position)] = loop.pos_m
         for intersection in network.intersections.values():
             for approach in intersection.approaches:
-                group: list[_Lane] = []
+                lanes: list[_Lane] = []
+                zone_up = 0.0
                 for lane_id in approach.lanes:
                     lane = network.lanes[lane_id]
+                    stop = positions.get((lane_id, "stopline"), lane.length_m)
+                    advance = positions.get((lane_id, "advance"), 0.0)
+                    entry = positions.get((lane_id, "entry"))
+                    if entry is not None:
+                        zone_up = max(zone_up, advance - entry)
                     groups = tuple(sorted({m.signal_group for m in intersection.movements if m.in_lane == lane_id}))
-                    tracker = _Lane(lane_id, intersection.id, groups, lane.length_m, lane.speed_limit_ms, LaneState())
+                    tracker = _Lane(lane_id, intersection.id, groups, max(1.0, stop - advance), lane.speed_limit_ms, LaneState())
                     self._lanes[lane_id] = tracker
                     self.state.lanes[lane_id] = tracker.state
-                    group.append(tracker)
-                self._edges[approach.edge] = group
+                    lanes.append(tracker)
+                group = _Approach(lanes, zone_up)
+                for tracker in lanes:
+                    self._approach_of[tracker.id] = group
         if bus is not None:
             bus.subscribe("detector", self.on_detector)
             bus.subscribe("camera", self.on_camera)
@@ -95,17 +154,28 @@ class SensorEstimator:
         now, dt = event.time, event.interval_s
         self.state.time = max(self.state.time, now)
         touched: dict[str, _Lane] = {}
+        share_decay = min(1.0, dt / SHARE_TAU_S)
         for reading in event.readings:
             lane = self._lanes.get(reading.lane)
             if lane is None:
                 continue
             touched[lane.id] = lane
+            approach = self._approach_of[lane.id]
             standing = reading.occupancy >= STANDING_OCCUPANCY
-            if reading.position == "advance":
+            if reading.position == "mid":
+                lane.has_mid = True
+                lane.share_mid += share_decay * (reading.occupancy - lane.share_mid)
+            elif reading.position == "entry":
+                lane.share_in += share_decay * (reading.occupancy - lane.share_in)
+                approach.upstream += reading.count
+                approach.entries.add(now, reading.count)
+                approach.entry_standing_s = approach.entry_standing_s + dt if standing else 0.0
+            elif reading.position == "advance":
                 lane.balance += reading.count
-
-                if reading.count:
-                    lane.entries.append((now, reading.count))
+                lane.entries.add(now, reading.count)
+                lane.share_out += share_decay * (reading.occupancy - lane.share_out)
+                if approach.zone_m > 0:
+                    approach.upstream -= reading.count
                 lane.advance_standing_s = lane.advance_standing_s + dt if standing else 0.0
             else:
                 lane.balance -= reading.count
@@ -118,19 +188,18 @@ class SensorEstimator:
                 lane.state.flow_vph += decay * (reading.count * 3600.0 / dt - lane.state.flow_vph)
         for lane in touched.values():
             self._correct(lane, now)
-        for edge_lanes in {id(self._edges_of(lane)): self._edges_of(lane) for lane in touched.values()}.values():
-            _rebalance(edge_lanes)
-        for lane in touched.values():
-            # a vehicle counted out on reaching the stop-line loop is still on the link while it stands there
-            lane.state.vehicles = lane.balance + lane.stop_occupancy
-            self._queue(lane, now)
-
-    def _edges_of(self, lane: _Lane) -> list[_Lane]:
-        return self._edges[self.network.lanes[lane.id].edge]
+        approaches = {id(self._approach_of[i]): self._approach_of[i] for i in touched}
+        for approach in approaches.values():
+            _rebalance(approach.lanes)
+            self._correct_upstream(approach, now)
+            shares = _shares(approach.lanes)
+            for lane, share in zip(approach.lanes, shares):
+                lane.state.vehicles = lane.balance + lane.stop_occupancy + approach.upstream * share
+                self._queue(lane, approach, share, now)
 
     def _correct(self, lane: _Lane, now: float) -> None:
-        while lane.entries and lane.entries[0][0] <= now - max(60.0, CAP_TRAVEL_FACTOR * lane.travel_s + 10.0):
-            lane.entries.popleft()
+        window = CAP_TRAVEL_FACTOR * lane.travel_s + 10.0
+        lane.entries.forget_before(now - max(60.0, window))
         signal = self.state.signals.get(lane.intersection)
         green = signal is not None and any(
             g < len(signal.signal_state) and signal.signal_state[g] in GREEN_CHARS for g in lane.groups
@@ -140,24 +209,52 @@ class SensorEstimator:
         elif lane.green_since is None:
             lane.green_since = now
         balance = lane.balance
-        if lane.advance_standing_s >= 3.0:
-            balance = max(balance, lane.link_m / JAM_SPACING_M - 1.0)
+        if lane.advance_standing_s >= STANDING_S:
+            balance = max(balance, lane.zone_m / JAM_SPACING_M - 1.0)
         settled = lane.green_since is not None and now - lane.green_since >= SETTLE_GREEN_S
         quiet = now - lane.last_departure >= QUIET_S and now - lane.last_stop_occupied >= QUIET_S
         if settled and quiet:
-            balance = min(balance, float(lane.entries_since(now - CAP_TRAVEL_FACTOR * lane.travel_s - 10.0)))
+            balance = min(balance, float(lane.entries.since(now - window)))
         lane.balance = balance
-        lane.state.arrivals = float(lane.entries_since(now - 60.0))
+        lane.state.arrivals = float(lane.entries.since(now - 60.0))
 
-    def _queue(self, lane: _Lane, now: float) -> None:
-        vehicles = max(0.0, lane.state.vehicles)
-        filled = min(1.0, lane.state.queue * JAM_SPACING_M / max(lane.link_m, 1.0))
-        moving = lane.entries_since(now - lane.travel_s * (1.0 - filled))
-        lane.state.queue = min(vehicles, max(0.0, vehicles - moving))
+    def _correct_upstream(self, approach: _Approach, now: float) -> None:
+        if approach.zone_m <= 0:
+            approach.upstream = 0.0
+            return
+        window = CAP_TRAVEL_FACTOR * approach.travel_s + 10.0
+        approach.entries.forget_before(now - window)
+        upstream = max(0.0, approach.upstream)
+        if approach.entry_standing_s >= STANDING_S:
+            upstream = max(upstream, approach.zone_m * len(approach.lanes) / JAM_SPACING_M)
+        if all(lane.advance_standing_s == 0 for lane in approach.lanes):
+            upstream = min(upstream, float(approach.entries.since(now - window)))
+        approach.upstream = upstream
+
+    def _queue(self, lane: _Lane, approach: _Approach, share: float, now: float) -> None:
+        near = max(0.0, lane.balance + lane.stop_occupancy)
+        filled = min(1.0, lane.state.queue * JAM_SPACING_M / max(lane.zone_m, 1.0))
+        moving = lane.entries.since(now - lane.travel_s * (1.0 - filled))
+        queue = min(near, max(0.0, near - moving))
+        if lane.advance_standing_s >= STANDING_S:
+            queue += approach.upstream * share
+        lane.state.queue = queue
+
+
+def _shares(lanes: list[_Lane]) -> list[float]:
+    """Each lane's part of the entry zone: its vehicles are the integral of its density
+    over the zone, estimated by Simpson's rule from the occupancies at the entry, mid
+    and advance loops (the trapezoid rule without a mid loop)."""
+    weight = (1.0, 4.0, 1.0) if any(lane.has_mid for lane in lanes) else (1.0, 0.0, 1.0)
+    mass = [weight[0] * lane.share_in + weight[1] * lane.share_mid + weight[2] * lane.share_out for lane in lanes]
+    total = sum(mass)
+    if total <= 0:
+        return [1.0 / len(lanes)] * len(lanes)
+    return [m / total for m in mass]
 
 
 def _rebalance(lanes: list[_Lane]) -> None:
-    """Move negative counts (lane-change drift) onto the approach's other lanes."""
+    """Move negative counts (missed or extra detections) onto the approach's other lanes."""
     deficit = sum(-lane.balance for lane in lanes if lane.balance < 0)
     if deficit <= 0:
         return

@@ -1,66 +1,14 @@
-"""Where the twin puts its virtual field devices, and the SUMO files that make them.
-
-Every approach lane of a signalised intersection gets a stop-line loop (just before
-the stop line) and an advance loop (near the lane's upstream end, so that
-input-output counting between the two covers the whole link); every approach gets
-an ANPR camera at the stop line; every signalised intersection gets a controller.
-"""
+"""The SUMO files that make the twin's virtual devices and local signal programs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import sumolib
 
-from urbanbrain.network.model import Network
+from urbanbrain.devices.inventory import Station
 from urbanbrain.network.sumo_reader import is_green_state
-
-
-@dataclass(frozen=True)
-class DeviceLayout:
-    """Placement settings for the twin's virtual devices."""
-
-    stopline_setback_m: float = 1.0
-    advance_from_start_m: float = 3.0
-    cameras: bool = True
-
-
-@dataclass(frozen=True)
-class Loop:
-    detector_id: str
-    lane: str
-    position: str  # stopline | advance
-    pos_m: float
-
-
-@dataclass(frozen=True)
-class Station:
-    """The loops one intersection's detector unit reports, and its cameras."""
-
-    device_id: str
-    intersection: str
-    loops: tuple[Loop, ...]
-    cameras: dict[str, str]  # stop-line loop id -> camera id
-
-
-def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
-    stations = []
-    for intersection in network.intersections.values():
-        loops: list[Loop] = []
-        cameras: dict[str, str] = {}
-        for approach in intersection.approaches:
-            for lane_id in approach.lanes:
-                lane = network.lanes[lane_id]
-                stop_pos = max(0.1, lane.length_m - layout.stopline_setback_m)
-                adv_pos = min(layout.advance_from_start_m, stop_pos * 0.5)
-                stop = Loop(f"ub_stop_{lane_id}", lane_id, "stopline", stop_pos)
-                loops += [stop, Loop(f"ub_adv_{lane_id}", lane_id, "advance", adv_pos)]
-                if layout.cameras:
-                    cameras[stop.detector_id] = f"cam_{approach.edge}"
-        stations.append(Station(f"det_{intersection.id}", intersection.id, tuple(loops), cameras))
-    return stations
 
 
 def write_detector_file(stations: list[Station], path: Path) -> None:

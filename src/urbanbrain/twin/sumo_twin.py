@@ -21,7 +21,8 @@ from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.protocol import CameraPassage, ControllerState, DetectorReport, SignalCommand
 from urbanbrain.devices.signal_controller import SignalController
 from urbanbrain.network.model import Network
-from urbanbrain.twin.devices import DeviceLayout, Station, place_devices, write_detector_file, write_local_program_file
+from urbanbrain.devices.inventory import DeviceLayout, Station, place_devices
+from urbanbrain.twin.devices import write_detector_file, write_local_program_file
 from urbanbrain.twin.scenario import Scenario
 
 _VEHICLE_CLASSES = {

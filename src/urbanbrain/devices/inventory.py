@@ -1,0 +1,74 @@
+"""The device inventory: which loops, cameras and controllers an intersection has, and where.
+
+A real city's inventory comes from its device registry; for the twin it is placed
+automatically (configurable), and the estimator reads loop positions from it.
+
+Every approach lane of a signalised intersection gets a stop-line loop (just before
+the stop line), an advance loop (by default 100 m upstream of it, where vehicles
+are in the lane they will leave by: lane changes happen further upstream), and on
+links long enough an entry loop at the link's upstream end, so that counting
+between them covers the whole link, plus a mid-zone loop whose occupancy tells how
+the vehicles between entry and advance loops are spread over the lanes; every approach gets an ANPR camera at the stop
+line; every signalised intersection gets a controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urbanbrain.network.model import Network
+
+
+@dataclass(frozen=True)
+class DeviceLayout:
+    """Placement settings for the twin's virtual devices."""
+
+    stopline_setback_m: float = 1.0
+    advance_before_stopline_m: float = 100.0
+    entry_from_start_m: float = 3.0
+    min_entry_zone_m: float = 30.0  # shorter zones get no entry loop: the advance loop sits at the entry
+    cameras: bool = True
+
+
+@dataclass(frozen=True)
+class Loop:
+    detector_id: str
+    lane: str
+    position: str  # entry | advance | stopline
+    pos_m: float
+
+
+@dataclass(frozen=True)
+class Station:
+    """The loops one intersection's detector unit reports, and its cameras."""
+
+    device_id: str
+    intersection: str
+    loops: tuple[Loop, ...]
+    cameras: dict[str, str]  # stop-line loop id -> camera id
+
+
+def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
+    stations = []
+    for intersection in network.intersections.values():
+        loops: list[Loop] = []
+        cameras: dict[str, str] = {}
+        for approach in intersection.approaches:
+            for lane_id in approach.lanes:
+                lane = network.lanes[lane_id]
+                stop_pos = max(0.1, lane.length_m - layout.stopline_setback_m)
+                entry_pos = min(layout.entry_from_start_m, stop_pos * 0.5)
+                adv_pos = stop_pos - layout.advance_before_stopline_m
+                stop = Loop(f"ub_stop_{lane_id}", lane_id, "stopline", stop_pos)
+                loops.append(stop)
+                if adv_pos - entry_pos >= layout.min_entry_zone_m:
+                    loops += [Loop(f"ub_adv_{lane_id}", lane_id, "advance", adv_pos),
+                              Loop(f"ub_entry_{lane_id}", lane_id, "entry", entry_pos),
+                              Loop(f"ub_mid_{lane_id}", lane_id, "mid", 0.5 * (entry_pos + adv_pos))]
+                else:
+                    loops.append(Loop(f"ub_adv_{lane_id}", lane_id, "advance", entry_pos))
+                if layout.cameras:
+                    cameras[stop.detector_id] = f"cam_{approach.edge}"
+        stations.append(Station(f"det_{intersection.id}", intersection.id, tuple(loops), cameras))
+    return stations
+
+
