@@ -38,3 +38,12 @@ def test_bad_arguments_are_named(tmp_path: Path):
     assert out.returncode == 2 and "magic" in out.stderr
     out = urbanbrain("bench", "--observation", "psychic")
     assert out.returncode == 2 and "psychic" in out.stderr
+
+
+def test_run_shows_the_live_view_and_stops_at_duration():
+    cfg = scenario_cfg("cologne3")
+    out = urbanbrain("run", "--scenario", str(cfg), "--duration", "40", "--speed", "0")
+    assert out.returncode == 0, out.stderr
+    assert "360082" in out.stdout and "controller maxpressure (sensors)" in out.stdout
+    assert "network delay" in out.stdout
+    assert "vehicles scheduled" in out.stdout

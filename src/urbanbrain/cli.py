@@ -105,11 +105,15 @@ def run(
     session = CitySession(loaded, network, controller, seed=seed, horizon_s=horizon)
     session.start()
     start = time.monotonic()
+    drawn = 0.0
     try:
         with Live(_live_view(session), console=console, refresh_per_second=4) as live:
             while not session.done and session.twin.sumo.simulation.getMinExpectedNumber() > 0:
                 session.step()
-                live.update(_live_view(session))
+                if time.monotonic() - drawn >= 0.25:
+                    live.update(_live_view(session))
+                    drawn = time.monotonic()
+            live.update(_live_view(session))
                 if speed > 0:
                     lag = (session.now - loaded.begin_s) / speed - (time.monotonic() - start)
                     if lag > 0:
@@ -124,7 +128,9 @@ def run(
 
 def _live_view(session: CitySession) -> Table:
     sumo = session.twin.sumo
-    vehicles = sumo.vehicle.getIDCount()
+    in_network = sumo.vehicle.getIDList()
+    vehicles = len(in_network)
+    delay = sum(sumo.vehicle.getTimeLoss(v) for v in in_network) / vehicles if vehicles else 0.0
     state = session.brain.state if session.brain is not None else session.estimator.state
     clock = time.strftime("%H:%M:%S", time.gmtime(session.now))
     view = Table(title=f"urbanbrain — {session.scenario.name} — {clock} — {vehicles} vehicles in the network "
@@ -142,9 +148,8 @@ def _live_view(session: CitySession) -> Table:
             f"{sum(lane.queue for lane in lanes):.0f}",
             f"{sum(lane.vehicles for lane in lanes):.0f}",
         )
-    monitor = session.monitor
-    delay = sum(k.stopped_veh_s for k in monitor.per_intersection.values()) / max(1, vehicles + 1)
-    view.caption = f"network standing time so far {delay:.0f} veh·s per vehicle now in the network (twin evaluation)"
+    view.caption = (f"network delay: {delay:.1f} s mean time loss of the vehicles now in the network "
+                    "(measured by the twin, not seen by the brain)")
     return view
 
 

@@ -48,7 +48,7 @@ SIDE_SPEED_MS = 11.11
 
 BEGIN_S = 0
 END_S = 3600
-TOTAL_VEHICLES = 3000
+TOTAL_VEHICLES = 3300
 PEAK_S = 1800.0
 PEAK_WIDTH_S = 600.0
 # Share of the peak rate that flows all hour long, so the shoulders are not empty.
@@ -88,7 +88,7 @@ def build_demo_city(cache_dir: Path | None = None, seed: int = DEMO_SEED, force:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
         _generate_city(staging, seed)
-        _move_into_place(staging, target, replace=force or target.exists())
+        _move_into_place(staging, target, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / CONFIG_FILE
@@ -103,12 +103,16 @@ def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in CITY_FILES)
 
 
-def _move_into_place(staging: Path, target: Path, replace: bool) -> None:
-    """Rename the finished city into place; a concurrent builder that won the race is fine."""
-    if replace and target.exists():
-        discarded = target.with_name(f".{target.name}.old.{os.getpid()}")
+def _move_into_place(staging: Path, target: Path, force: bool) -> None:
+    """Rename the finished city into place; a concurrent builder that won the race is fine.
+
+    A forced rebuild or a damaged city is first renamed out of the way, so the
+    target path only ever holds a complete city or nothing.
+    """
+    if target.exists() and (force or not _is_complete(target)):
+        discarded = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / "city"
         target.rename(discarded)
-        shutil.rmtree(discarded, ignore_errors=True)
+        shutil.rmtree(discarded.parent, ignore_errors=True)
     try:
         staging.rename(target)
     except OSError:
