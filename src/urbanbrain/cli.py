@@ -113,11 +113,11 @@ def run(
                 if time.monotonic() - drawn >= 0.25:
                     live.update(_live_view(session))
                     drawn = time.monotonic()
-            live.update(_live_view(session))
                 if speed > 0:
                     lag = (session.now - loaded.begin_s) / speed - (time.monotonic() - start)
                     if lag > 0:
                         time.sleep(lag)
+            live.update(_live_view(session))
     except KeyboardInterrupt:
         console.print("stopped")
     result = session.finish()
