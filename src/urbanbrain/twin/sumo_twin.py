@@ -86,11 +86,12 @@ class Twin:
         work = Path(self._workdir.name)
         detectors = work / "detectors.add.xml"
         write_detector_file(self.stations, detectors)
-        additional = [*map(str, self.scenario.additional_files), str(detectors)]
+        additional = [*map(str, self.scenario.additional_files)]
         if self.local_program in ("actuated", "delay_based"):
             programs = work / f"{self.local_program}.add.xml"
             write_local_program_file(self.scenario.net_file, self.local_program, programs)
             additional.append(str(programs))
+        additional.append(str(detectors))
         args = [
             "sumo", "-c", str(self.scenario.sumocfg),
             "--seed", str(self.seed),
