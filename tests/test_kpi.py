@@ -57,15 +57,18 @@ def _tiny_scenario(tmp_path: Path, grid_net: Path, vehicles: int, spacing_s: flo
     return cfg
 
 
-def test_vehicles_kept_out_of_the_network_count_as_delay(tmp_path: Path, grid_net: Path):
-    """Far more cars than one entry lane can take: the ones never inserted count from their scheduled time."""
-    cfg = _tiny_scenario(tmp_path, grid_net, vehicles=200, spacing_s=0.1)
+def _run_fixed(cfg: Path, horizon_s: float):
     scenario = load_scenario(cfg)
-    session = CitySession(scenario, read_network(scenario.net_file), "fixed", horizon_s=60)
+    session = CitySession(scenario, read_network(scenario.net_file), "fixed", horizon_s=horizon_s)
     session.start()
     while not session.done:
         session.step()
-    k = session.finish().kpis
+    return session.finish().kpis
+
+
+def test_vehicles_kept_out_of_the_network_count_as_delay(tmp_path: Path, grid_net: Path):
+    """Far more cars than one entry lane can take: the ones never inserted count from their scheduled time."""
+    k = _run_fixed(_tiny_scenario(tmp_path, grid_net, vehicles=200, spacing_s=0.1), horizon_s=60)
     assert k.scheduled == 200
     assert k.not_inserted > 100
     # a never-inserted car scheduled at t waits (60 - t), so the mean over all exceeds the inserted cars' delay
@@ -74,13 +77,7 @@ def test_vehicles_kept_out_of_the_network_count_as_delay(tmp_path: Path, grid_ne
 
 
 def test_free_flow_has_almost_no_delay(tmp_path: Path, grid_net: Path):
-    cfg = _tiny_scenario(tmp_path, grid_net, vehicles=3, spacing_s=20)
-    scenario = load_scenario(cfg)
-    session = CitySession(scenario, read_network(scenario.net_file), "fixed", horizon_s=200)
-    session.start()
-    while not session.done:
-        session.step()
-    k = session.finish().kpis
+    k = _run_fixed(_tiny_scenario(tmp_path, grid_net, vehicles=3, spacing_s=20), horizon_s=200)
     assert (k.scheduled, k.not_inserted, k.throughput) == (3, 0, 3)
     assert k.total_delay_s < 5.0
     assert k.att_s > 0

@@ -122,6 +122,7 @@ def run(
         console.print("stopped")
     result = session.finish()
     k = result.kpis
+    console.print()
     console.print(f"{loaded.name}: {k.scheduled} vehicles scheduled, {k.throughput} arrived, "
                   f"total delay {k.total_delay_s:.1f} s/veh, travel time {k.att_s:.1f} s")
 
