@@ -110,10 +110,7 @@ class CitySession:
         kpis = trip_kpis(self.tripinfo, self.end_s)
         wall = time.perf_counter() - self._started
         self._tmp.cleanup()
-        safety: dict[str, int] = {}
-        if self.brain is not None:
-            for intervention in self.brain.safety.interventions:
-                safety[intervention.outcome] = safety.get(intervention.outcome, 0) + 1
+        safety = dict(self.brain.safety.counts) if self.brain is not None else {}
         return RunResult(
             controller=self.controller.name,
             observation=self.observation,

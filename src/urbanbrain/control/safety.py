@@ -12,6 +12,7 @@ conflict monitor, so a device showing conflicting greens is flagged at once.
 from __future__ import annotations
 
 import logging
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from urbanbrain.devices.protocol import ControllerState, SignalCommand
@@ -56,7 +57,8 @@ class SafetyLayer:
     network: Network
     limits: SafetyLimits = field(default_factory=SafetyLimits)
     issuer: str = "brain"
-    interventions: list[SafetyIntervention] = field(default_factory=list)
+    keep: int = 10_000
+    counts: Counter[str] = field(default_factory=Counter)  # interventions by outcome, since start
 
     def __post_init__(self) -> None:
         for intersection in self.network.intersections.values():
@@ -68,6 +70,7 @@ class SafetyLayer:
                     )
         self._tracks: dict[str, _Track] = {}
         self._seq = 0
+        self.interventions: deque[SafetyIntervention] = deque(maxlen=self.keep)  # the most recent
 
     def take_control(self, intersection_id: str, phase: int, now: float) -> None:
         """Start tracking a controller handed to remote control, showing green `phase` since `now`."""
@@ -187,4 +190,5 @@ class SafetyLayer:
 
     def _log(self, now: float, intersection: str, outcome: str, rule: str, detail: str) -> None:
         self.interventions.append(SafetyIntervention(now, intersection, outcome, rule, detail))
+        self.counts[outcome] += 1
         log.debug("safety %s %s at %.1f: %s (%s)", outcome, intersection, now, detail, rule)
