@@ -108,3 +108,17 @@ def test_bus_delivers_by_kind():
     bus.publish(DetectorReport(device_id="d", seq=0, time=0, interval_s=1,
                                readings=[{"detector_id": "x", "lane": "l", "position": "advance", "count": 0, "occupancy": 0}]))
     assert [m.kind for m in got] == ["signal"]
+
+
+def test_brain_controller_runs_safely_and_explains_switches(grid_city: Path):
+    scenario = load_scenario(grid_city)
+    explained: list[dict] = []
+    session = CitySession(scenario, read_network(scenario.net_file), "brain", horizon_s=300, explain=explained.append)
+    session.start()
+    while not session.done:
+        session.step()
+    result = session.finish()
+    assert result.commands > 0
+    assert result.safety.get("violation", 0) == 0
+    assert explained and all(e["reason"] and e["scores"] for e in explained)
+    assert all(e["switched"] for e in explained if e["reason"].startswith("switch")), "the safety layer let every switch through"

@@ -1,6 +1,7 @@
 """Signal control: controllers, the safety layer, and the loop that joins them."""
 
 from urbanbrain.control.base import Controller, LocalProgram, PhaseDecision, actuated, delaybased, fixed
+from urbanbrain.control.brain import BrainController
 from urbanbrain.control.maxpressure import MaxPressure
 from urbanbrain.control.safety import SafetyIntervention, SafetyLayer, SafetyLimits
 
@@ -9,9 +10,11 @@ CONTROLLERS = {
     "actuated": actuated,
     "delaybased": delaybased,
     "maxpressure": MaxPressure,
+    "brain": BrainController,
 }
 
 __all__ = [
+    "BrainController",
     "CONTROLLERS",
     "Controller",
     "LocalProgram",

@@ -1,0 +1,139 @@
+"""The brain's signal controller (first step of issue 3; not yet better than the peers).
+
+Measured in sensors mode it is level with max-pressure on the Hangzhou single
+intersections and Cologne and slightly behind on hangzhou_4x4 and the demo city; on
+Ingolstadt (approach edges of 1-24 m: queues stand upstream, unseen) and Atlanta
+(saturated) it is far behind the actuated peer. See docs/benchmarks.md.
+
+Each intersection decides every second (not on a fixed 10 s beat) which green
+serves the network best, from what the device path can tell:
+
+- a phase's weight is the pressure of its movements: queued vehicles on each in-lane
+  (once per lane, however many turns it feeds; moving ones weighted by
+  `moving_weight`) minus the vehicles already on its out-lanes; a movement whose out-lane is nearly full gets no weight,
+  because feeding a link about to spill back only blocks the junction upstream;
+- the current green is kept while it serves more than any other phase would after
+  paying the change interval (hysteresis), so greens are as long as their queues need
+  and no longer (it gaps out when its demand is gone);
+- starvation guard: a lane with demand that has waited at red longer than the limit
+  puts its phase first, whatever the pressures say.
+
+Every decision records the weights compared and the alternative rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from urbanbrain.control.base import PhaseDecision
+from urbanbrain.network.model import GREEN_CHARS, Network
+from urbanbrain.state.model import CityState
+
+JAM_SPACING_M = 7.5
+
+
+@dataclass(frozen=True)
+class BrainSettings:
+    min_green_s: float = 10.0
+    max_wait_s: float = 120.0  # starvation guard: longest wait at red with demand
+    guard_margin_s: float = 15.0  # act this long before the limit, to cover the change interval
+    switch_cost_veh: float = 2.0  # hysteresis: vehicles of pressure a change must gain
+    full_fraction: float = 0.85  # an out-lane this full is treated as blocked
+    moving_weight: float = 0.0  # weight of moving (not yet queued) vehicles against queued ones
+
+
+@dataclass
+class _PhaseLinks:
+    lanes: tuple[str, ...]  # in-lanes given green
+    outs: dict[str, tuple[str, ...]]  # in-lane -> its out-lanes in this phase
+
+
+@dataclass
+class BrainController:
+    network: Network
+    settings: BrainSettings = field(default_factory=BrainSettings)
+    name: str = "brain"
+    local_program: None = None
+
+    def __post_init__(self) -> None:
+        self._phases: dict[str, list[_PhaseLinks]] = {}
+        self._always_green: dict[str, frozenset[str]] = {}
+        self._capacity: dict[str, float] = {
+            lane.id: max(1.0, lane.length_m / JAM_SPACING_M) for lane in self.network.lanes.values()
+        }
+        for intersection in self.network.intersections.values():
+            phases = []
+            for phase in intersection.phases:
+                outs: dict[str, list[str]] = {}
+                for movement in intersection.movements_of_phase(phase.index):
+                    outs.setdefault(movement.in_lane, []).append(movement.out_lane)
+                phases.append(_PhaseLinks(tuple(outs), {k: tuple(v) for k, v in outs.items()}))
+            self._phases[intersection.id] = phases
+            common = set(phases[0].lanes)
+            for links in phases[1:]:
+                common &= set(links.lanes)
+            self._always_green[intersection.id] = frozenset(common)
+        self._red_since: dict[str, float] = {}
+
+    def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
+        decisions = []
+        for intersection_id, phases in self._phases.items():
+            signal = state.signals.get(intersection_id)
+            if signal is None:
+                continue
+            self._track_waits(intersection_id, signal.signal_state, state, now)
+            if signal.phase is None or signal.time_in_phase_s < self.settings.min_green_s:
+                continue
+            decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
+
+    def _track_waits(self, intersection_id: str, signal_state: str, state: CityState, now: float) -> None:
+        intersection = self.network.intersections[intersection_id]
+        green_lanes = {m.in_lane for m in intersection.movements if signal_state[m.signal_group] in GREEN_CHARS}
+        for lane in intersection.in_lanes:
+            if lane in green_lanes or state.lanes.get(lane) is None or state.lanes[lane].queue < 0.5:
+                self._red_since.pop(lane, None)
+            else:
+                self._red_since.setdefault(lane, now)
+
+    def weights(self, intersection_id: str, state: CityState) -> dict[int, float]:
+        always = self._always_green[intersection_id]
+        result = {}
+        for index, links in enumerate(self._phases[intersection_id]):
+            weight = 0.0
+            for lane in links.lanes:
+                if lane in always:
+                    continue
+                lane_state = state.lanes.get(lane)
+                if lane_state is None:
+                    continue
+                demand = lane_state.queue + self.settings.moving_weight * max(0.0, lane_state.vehicles - lane_state.queue)
+                outs = links.outs[lane]
+                downstream = sum(state.vehicles(o) for o in outs) / len(outs)
+                blocked = all(state.vehicles(o) >= self.settings.full_fraction * self._capacity[o] for o in outs)
+                if not blocked:
+                    weight += max(0.0, demand - downstream / max(1, len(outs)))
+            result[index] = weight
+        return result
+
+    def _decide_one(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
+                    now: float) -> PhaseDecision | None:
+        starving = [lane for lane, since in self._red_since.items()
+                    if now - since >= self.settings.max_wait_s - self.settings.guard_margin_s
+                    and lane in self.network.intersections[intersection_id].in_lanes]
+        weights = self.weights(intersection_id, state)
+        if starving:
+            oldest = min(starving, key=lambda lane: self._red_since[lane])
+            target = next(i for i, links in enumerate(phases) if oldest in links.lanes)
+            if target != current:
+                return PhaseDecision(intersection_id, target, self.settings.min_green_s,
+                                     f"starvation guard: {oldest} waited {now - self._red_since[oldest]:.0f} s at red",
+                                     weights)
+        best = max(weights, key=lambda k: (weights[k], k == current))
+        if best == current or weights[best] <= weights[current] + self.settings.switch_cost_veh:
+            return None
+        return PhaseDecision(intersection_id, best, self.settings.min_green_s,
+                             f"switch {current} -> {best}: weight {weights[best]:.1f} > {weights[current]:.1f} "
+                             f"+ change cost {self.settings.switch_cost_veh:g}", weights)
