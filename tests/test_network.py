@@ -74,3 +74,31 @@ def test_cologne_program_clearance_is_its_yellow():
 def test_netgenerate_is_available_from_the_wheel():
     out = subprocess.run([str(Path(sumo.SUMO_HOME) / "bin" / "netgenerate"), "--version"], capture_output=True, text=True)
     assert "1.28" in out.stdout
+
+
+@pytest.mark.parametrize("folder", ["atlanta_1x5", "ingolstadt7"])
+def test_generated_stages_are_conflict_free_on_real_junctions(folder):
+    """Force the fallback on real junctions: every generated stage must be conflict-free."""
+    import sumolib
+
+    from urbanbrain.network.sumo_reader import _foe_groups, _generated_phases, _vehicle_connections
+
+    net = sumolib.net.readNet(str(load_scenario(scenario_cfg(folder)).net_file), withPrograms=True)
+    for tls in net.getTrafficLights():
+        connections = _vehicle_connections(tls)
+        n = 1 + max(k for _, _, k in connections)
+        foes = _foe_groups(connections, n)
+        stages = _generated_phases(connections, foes, n)
+        for stage in stages:
+            greens = stage.green_groups
+            assert not any(foes[g] & greens for g in greens), (tls.getID(), stage.state)
+        assert set().union(*(s.green_groups for s in stages)) == {k for _, _, k in connections}
+
+
+def test_short_approaches_get_their_feeder_roads():
+    net = read_network(load_scenario(scenario_cfg("ingolstadt7")).net_file)
+    approaches = [a for i in net.intersections.values() for a in i.approaches]
+    short = [a for a in approaches if net.lanes[a.lanes[0]].length_m < 30 and a.from_intersection is None]
+    assert short and all(a.feeders for a in short)
+    signalised_approaches = {a.edge for a in approaches}
+    assert not any(set(a.feeders) & signalised_approaches for a in approaches)

@@ -8,7 +8,7 @@ import pytest
 
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices import ProtocolError, SignalCommand, parse_command, parse_event
-from urbanbrain.devices.ingress import publish_batch
+from urbanbrain.devices.ingress import Ingress
 from urbanbrain.network import read_network
 from urbanbrain.state import SensorEstimator
 
@@ -63,7 +63,7 @@ def test_unknown_kind_and_non_json_are_named():
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        ({"action": "go"}, "message"),  # go without a phase
+        ({"action": "go"}, "phase"),  # go without a phase
         ({"action": "jump", "phase": 1}, "action"),
         ({"action": "go", "phase": -2}, "phase"),
         ({"action": "hold", "min_green_s": 1e9}, "min_green_s"),
@@ -96,9 +96,30 @@ def test_a_bad_item_rejects_the_whole_batch_and_changes_no_state(grid_net):
     good = {**GOOD_DETECTOR, "readings": [{"detector_id": "d", "lane": lane, "position": "advance", "count": 3, "occupancy": 0.1}]}
     bad = {**good, "seq": 2, "readings": [{**good["readings"][0], "count": -4}]}
     before = estimator.state.lanes[lane].vehicles
+    ingress = Ingress(bus)
     with pytest.raises(ProtocolError) as caught:
-        publish_batch(bus, [good, bad])
+        ingress.publish_batch([good, bad])
     assert fields(caught.value) == ["[1].detector.readings.0.count"]
     assert estimator.state.lanes[lane].vehicles == before
-    assert publish_batch(bus, [good]) == 1
+    assert ingress.publish_batch([good]) == 1
     assert estimator.state.lanes[lane].vehicles == before + 3
+    # a device resending (same or older sequence number) is not counted twice
+    assert ingress.publish_batch([good, {**good, "seq": 0}]) == 0
+    assert estimator.state.lanes[lane].vehicles == before + 3
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"seq": True}, "detector.seq"), ({"seq": "7"}, "detector.seq"), ({"time": "12"}, "detector.time"),
+     ({"device_id": "det\x00A"}, "detector.device_id")],
+)
+def test_no_lax_conversions(change, field):
+    with pytest.raises(ProtocolError) as caught:
+        parse_event({**GOOD_DETECTOR, **change})
+    assert field in fields(caught.value)
+
+
+def test_a_loop_reported_twice_in_one_report_is_rejected():
+    reading = GOOD_DETECTOR["readings"][0]
+    with pytest.raises(ProtocolError, match="reported twice"):
+        parse_event({**GOOD_DETECTOR, "readings": [reading, reading]})

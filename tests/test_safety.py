@@ -165,3 +165,58 @@ def test_interventions_say_which_rule():
     assert ("corrected", "timings") in outcomes
     forced = safety.tick(20.0 + 5.0 + LIMITS.max_green_s)
     assert forced and forced[0].action == "force_off"
+
+
+def _two_phase(states: tuple[str, str], conflicts) -> Network:
+    intersection = Intersection(
+        id="J", position=(0, 0), approaches=(), movements=(), phases=(Phase(0, states[0], 30), Phase(1, states[1], 30)),
+        conflicts=conflicts, clearance=Clearance(3, 2), clearance_source="t", program_id="0",
+    )
+    return Network("n", {}, {"J": intersection}, (0, 0, 1, 1))
+
+
+def test_protected_turn_becoming_permissive_is_cleared_first():
+    """Group 0 is a left turn: protected (G) in phase 1, permissive (g) beside the opposing
+    through (group 1) in phase 0. Leaving phase 1 it must show yellow and red before the
+    through gets green, although the plan accepts the two together while the turn yields."""
+    network = _two_phase(("gG", "Gr"), (frozenset(), frozenset()))
+    safety = SafetyLayer(network, LIMITS)
+    controller = SignalController("J", network.intersections["J"].phases, 1, 0.0)
+    safety.take_control("J", 1, 0.0)
+    controller.apply(safety.submit(safety.command("J", "go", 0, 10.0), 10.0), 10.0)
+    assert controller.state_at(10.0) == "yr"
+    assert controller.state_at(13.0) == "rr"
+    assert controller.state_at(15.0) == "gG"
+
+
+def test_control_taken_from_a_running_green_honours_its_minimum():
+    network = _two_phase(("Gr", "rG"), (frozenset({1}), frozenset({0})))
+    safety = SafetyLayer(network, LIMITS)
+    safety.take_control("J", 0, 10.0, green_for_s=2.0)  # green since 8.0
+    assert safety.submit(safety.command("J", "go", 1, 11.0), 11.0) is None  # 3 s served: deferred
+    assert [c.phase for c in safety.tick(13.0)] == [1]
+
+
+def test_inconsistent_limits_and_single_phase_intersections():
+    with pytest.raises(ValueError, match="min_green_s <= max_green_s"):
+        SafetyLimits(min_green_s=200, max_green_s=120)
+    intersection = Intersection(
+        id="J", position=(0, 0), approaches=(), movements=(), phases=(Phase(0, "GG", 30),),
+        conflicts=(frozenset(), frozenset()), clearance=Clearance(3, 2), clearance_source="t", program_id="0",
+    )
+    safety = SafetyLayer(Network("n", {}, {"J": intersection}, (0, 0, 1, 1)), LIMITS)
+    safety.take_control("J", 0, 0.0)
+    assert safety.tick(10 * LIMITS.max_green_s) == []  # nothing to force off to
+
+
+def test_a_report_that_does_not_fit_is_flagged_not_trusted():
+    network = _two_phase(("Gr", "rG"), (frozenset({1}), frozenset({0})))
+    safety = SafetyLayer(network, LIMITS)
+    safety.observe(ControllerState(device_id="c", seq=0, time=1.0, intersection="J", signal_state="G",
+                                   phase=0, time_in_phase_s=0, mode="remote"))
+    assert [(i.outcome, i.rule) for i in safety.interventions] == [("violation", "report")]
+    from urbanbrain.state.model import signal_status
+
+    bad_phase = ControllerState(device_id="c", seq=1, time=1.0, intersection="J", signal_state="Gr",
+                                phase=9, time_in_phase_s=0, mode="remote")
+    assert signal_status(network, bad_phase) is None

@@ -67,14 +67,15 @@ def bench(
             sink = (lambda entry: explain_file.write(json.dumps(entry) + "\n")) if explain_file else None
             session = CitySession(loaded, network, name, observation=observation, seed=seed, horizon_s=horizon,
                                   explain=sink, measure_estimator=observation == "sensors")
-            with Progress(TextColumn(f"{name:<12}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-                          TimeElapsedColumn(), console=console, transient=True) as progress:
+            with session, Progress(TextColumn(f"{name:<12}"), BarColumn(),
+                                   TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+                                   TimeElapsedColumn(), console=console, transient=True) as progress:
                 task = progress.add_task(name, total=horizon)
                 session.start()
                 while not session.done:
                     session.step()
                     progress.update(task, completed=session.now - loaded.begin_s)
-            results.append(session.finish())
+                results.append(session.finish())
     finally:
         if explain_file:
             explain_file.close()
@@ -103,10 +104,10 @@ def run(
     loaded, network = _load(scenario)
     horizon = duration if duration is not None else 24 * 3600.0
     session = CitySession(loaded, network, controller, seed=seed, horizon_s=horizon)
-    session.start()
     start = time.monotonic()
     drawn = 0.0
     try:
+        session.start()
         with Live(_live_view(session), console=console, refresh_per_second=4) as live:
             while not session.done and session.twin.sumo.simulation.getMinExpectedNumber() > 0:
                 session.step()
@@ -120,6 +121,9 @@ def run(
             live.update(_live_view(session))
     except KeyboardInterrupt:
         console.print("stopped")
+    except BaseException:
+        session.close()
+        raise
     result = session.finish()
     k = result.kpis
     console.print()

@@ -105,9 +105,24 @@ class CitySession:
         errors = [abs(state.vehicles - lane_api.getLastStepVehicleNumber(lane)) for lane, state in lanes.items()]
         return sum(errors) / len(errors) if errors else 0.0
 
+    def close(self) -> None:
+        """Stop the simulator and remove the run's files; safe to call twice."""
+        try:
+            self.twin.close()
+        finally:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> CitySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def finish(self) -> RunResult:
+        """Close the simulation and measure it, up to the horizon or to where it was stopped."""
+        stopped_at = min(self.end_s, self.twin.now)
         self.twin.close()
-        kpis = trip_kpis(self.tripinfo, self.end_s)
+        kpis = trip_kpis(self.tripinfo, stopped_at)
         wall = time.perf_counter() - self._started
         self._tmp.cleanup()
         safety = dict(self.brain.safety.counts) if self.brain is not None else {}

@@ -9,8 +9,9 @@ Each intersection decides every second (not on a fixed 10 s beat) which green
 serves the network best, from what the device path can tell:
 
 - a phase's weight is the pressure of its movements: queued vehicles on each in-lane
-  (once per lane, however many turns it feeds; moving ones weighted by
-  `moving_weight`) minus the vehicles already on its out-lanes; a movement whose out-lane is nearly full gets no weight,
+  and on the feeder roads behind it (once per lane, however many turns it feeds;
+  moving ones weighted by `moving_weight`) minus the vehicles already on its
+  out-lanes; a movement whose out-lane is nearly full gets no weight,
   because feeding a link about to spill back only blocks the junction upstream;
 - the current green is kept while it serves more than any other phase would after
   paying the change interval (hysteresis), so greens are as long as their queues need
@@ -27,9 +28,8 @@ from dataclasses import dataclass, field
 
 from urbanbrain.control.base import PhaseDecision
 from urbanbrain.network.model import GREEN_CHARS, Network
+from urbanbrain.state.estimator import JAM_SPACING_M
 from urbanbrain.state.model import CityState
-
-JAM_SPACING_M = 7.5
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,13 @@ class BrainController:
                 lane_state = state.lanes.get(lane)
                 if lane_state is None:
                     continue
-                demand = lane_state.queue + self.settings.moving_weight * max(0.0, lane_state.vehicles - lane_state.queue)
+                demand = (lane_state.queue + lane_state.upstream_queue
+                          + self.settings.moving_weight * max(0.0, lane_state.vehicles - lane_state.queue))
                 outs = links.outs[lane]
                 downstream = sum(state.vehicles(o) for o in outs) / len(outs)
                 blocked = all(state.vehicles(o) >= self.settings.full_fraction * self._capacity[o] for o in outs)
                 if not blocked:
-                    weight += max(0.0, demand - downstream / max(1, len(outs)))
+                    weight += max(0.0, demand - downstream)
             result[index] = weight
         return result
 
@@ -126,7 +127,7 @@ class BrainController:
         weights = self.weights(intersection_id, state)
         if starving:
             oldest = min(starving, key=lambda lane: self._red_since[lane])
-            target = next(i for i, links in enumerate(phases) if oldest in links.lanes)
+            target = next((i for i, links in enumerate(phases) if oldest in links.lanes), current)
             if target != current:
                 return PhaseDecision(intersection_id, target, self.settings.min_green_s,
                                      f"starvation guard: {oldest} waited {now - self._red_since[oldest]:.0f} s at red",

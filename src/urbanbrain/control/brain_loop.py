@@ -37,16 +37,20 @@ class BrainLoop:
         return self.observer.state
 
     def take_control(self, now: float) -> None:
-        """Put every intersection the controller drives under remote control."""
+        """Take remote control of every intersection that reports a green; one in a
+        change interval (or not yet heard from) is taken at a later tick, so that its
+        minimum green is counted from when that green really began."""
         for intersection_id in self.safety.network.intersections:
             signal = self.state.signals.get(intersection_id)
-            phase = signal.phase if signal is not None and signal.phase is not None else 0
-            self.safety.take_control(intersection_id, phase, now)
+            if self.safety.controls(intersection_id) or signal is None or signal.phase is None:
+                continue
+            self.safety.take_control(intersection_id, signal.phase, now, green_for_s=signal.time_in_phase_s)
 
     def tick(self, now: float) -> None:
         refresh = getattr(self.observer, "refresh", None)
         if refresh is not None:
             refresh(now)
+        self.take_control(now)
         for command in self.safety.tick(now):
             self._send(command)
         for decision in self.controller.decide(self.state, now):

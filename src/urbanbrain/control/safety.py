@@ -27,6 +27,10 @@ class SafetyLimits:
     min_green_s: float = 5.0
     max_green_s: float = 120.0
 
+    def __post_init__(self) -> None:
+        if not 0 < self.min_green_s <= self.max_green_s:
+            raise ValueError(f"safety limits need 0 < min_green_s <= max_green_s, got {self.min_green_s} and {self.max_green_s}")
+
 
 @dataclass(frozen=True)
 class SafetyIntervention:
@@ -72,14 +76,16 @@ class SafetyLayer:
         self._seq = 0
         self.interventions: deque[SafetyIntervention] = deque(maxlen=self.keep)  # the most recent
 
-    def take_control(self, intersection_id: str, phase: int, now: float) -> None:
-        """Start tracking a controller handed to remote control, showing green `phase` since `now`."""
-        self.network.intersection(intersection_id)
-        self._tracks[intersection_id] = _Track(phase=phase, green_since=now, min_green_s=self.limits.min_green_s)
+    def take_control(self, intersection_id: str, phase: int, now: float, green_for_s: float = 0.0) -> None:
+        """Start tracking a controller handed to remote control: it has shown green `phase`
+        for `green_for_s` seconds (so its minimum green is honoured from when it began)."""
+        intersection = self.network.intersection(intersection_id)
+        if not 0 <= phase < len(intersection.phases):
+            raise ValueError(f"intersection {intersection_id!r} has no phase {phase}")
+        self._tracks[intersection_id] = _Track(phase=phase, green_since=now - green_for_s, min_green_s=self.limits.min_green_s)
 
-    def green_elapsed(self, intersection_id: str, now: float) -> float:
-        track = self._tracks[intersection_id]
-        return now - track.green_since
+    def controls(self, intersection_id: str) -> bool:
+        return intersection_id in self._tracks
 
     def submit(self, command: SignalCommand, now: float) -> SignalCommand | None:
         """Return the command a device may execute now, or None if refused or deferred."""
@@ -91,8 +97,8 @@ class SafetyLayer:
             return self._refuse(command, now, "phase", f"phase {command.phase} does not exist (has {len(intersection.phases)})")
         if now < track.change_until:
             return self._refuse(command, now, "clearance", f"change interval runs until {track.change_until:.1f}")
-        if command.action == "hold" or command.phase == track.phase:
-            if now - track.green_since >= self.limits.max_green_s:
+        if command.action == "hold" or command.phase == track.phase or len(intersection.phases) == 1:
+            if now - track.green_since >= self.limits.max_green_s and len(intersection.phases) > 1:
                 return self._force_off(intersection, track, now, "max-green")
             track.pending = None
             return command.model_copy(update={"action": "hold", "phase": track.phase})
@@ -110,14 +116,20 @@ class SafetyLayer:
                 result = self._change(intersection, track, command, now)
                 if result is not None:
                     released.append(result)
-            elif now - track.green_since >= self.limits.max_green_s:
-                released.append(self._force_off(intersection, track, now, "max-green"))
+            elif now - track.green_since >= self.limits.max_green_s and len(intersection.phases) > 1:
+                forced = self._force_off(intersection, track, now, "max-green")
+                if forced is not None:
+                    released.append(forced)
         return released
 
     def observe(self, report: ControllerState) -> None:
         """Conflict monitor: flag any reported state that shows conflicting greens."""
         intersection = self.network.intersections.get(report.intersection)
-        if intersection is None or len(report.signal_state) != intersection.n_groups:
+        if intersection is None:
+            return
+        if len(report.signal_state) != intersection.n_groups:
+            self._log(report.time, report.intersection, "violation", "report",
+                      f"state has {len(report.signal_state)} signal groups, the intersection {intersection.n_groups}")
             return
         pairs = intersection.conflicting_pairs(report.signal_state)
         if pairs:
@@ -157,14 +169,13 @@ class SafetyLayer:
             self._log(now, intersection.id, "corrected", "timings", ", ".join(f"{k} -> {v:g}" for k, v in update.items()))
         return command.model_copy(update=update)
 
-    def _force_off(self, intersection: Intersection, track: _Track, now: float, rule: str) -> SignalCommand:
+    def _force_off(self, intersection: Intersection, track: _Track, now: float, rule: str) -> SignalCommand | None:
         command = self.command(intersection.id, "force_off", (track.phase + 1) % len(intersection.phases), now,
                                reason=f"{rule}: green {track.phase} reached {self.limits.max_green_s:g} s")
         self._log(now, intersection.id, "forced", rule, command.reason)
         track.pending = None
-        result = self._change(intersection, track, command, now)
-        assert result is not None, "a force-off after maximum green always satisfies minimum green"
-        return result
+        track.min_green_s = min(track.min_green_s, self.limits.max_green_s)
+        return self._change(intersection, track, command, now)
 
     def command(self, intersection_id: str, action: str, phase: int | None, now: float, *, min_green_s: float | None = None,
                 reason: str = "") -> SignalCommand:

@@ -9,7 +9,9 @@ are in the lane they will leave by: lane changes happen further upstream), and o
 links long enough an entry loop at the link's upstream end, so that counting
 between them covers the whole link, plus a mid-zone loop whose occupancy tells how
 the vehicles between entry and advance loops are spread over the lanes; every approach gets an ANPR camera at the stop
-line; every signalised intersection gets a controller.
+line; every signalised intersection gets a controller. Each lane of a feeder road
+(upstream of a short approach, see the network model) gets a loop at its start and
+one at its end, so that the queue standing there is counted too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class DeviceLayout:
 class Loop:
     detector_id: str
     lane: str
-    position: str  # entry | advance | stopline
+    position: str  # entry | mid | advance | stopline | feeder_in | feeder_out
     pos_m: float
 
 
@@ -49,6 +51,7 @@ class Station:
 
 def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
     stations = []
+    fed: set[str] = set()  # feeder lanes already equipped (a road may feed two approaches)
     for intersection in network.intersections.values():
         loops: list[Loop] = []
         cameras: dict[str, str] = {}
@@ -68,6 +71,14 @@ def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
                     loops.append(Loop(f"ub_adv_{lane_id}", lane_id, "advance", entry_pos))
                 if layout.cameras:
                     cameras[stop.detector_id] = f"cam_{approach.edge}"
+            for edge in approach.feeders:
+                for lane_id in network.edge_lanes(edge):
+                    if lane_id in fed:
+                        continue
+                    fed.add(lane_id)
+                    length = network.lanes[lane_id].length_m
+                    loops += [Loop(f"ub_fin_{lane_id}", lane_id, "feeder_in", min(layout.entry_from_start_m, length * 0.25)),
+                              Loop(f"ub_fout_{lane_id}", lane_id, "feeder_out", max(0.1, length - layout.stopline_setback_m))]
         stations.append(Station(f"det_{intersection.id}", intersection.id, tuple(loops), cameras))
     return stations
 

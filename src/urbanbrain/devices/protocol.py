@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 PROTOCOL_VERSION = "1.0"
 
-Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]  # printable ASCII, no spaces
 SignalState = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[rRyYgGsuoO]+$")]
 
 
@@ -29,7 +29,7 @@ class ProtocolError(ValueError):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     version: Literal["1.0"] = PROTOCOL_VERSION
     device_id: Identifier
@@ -40,11 +40,11 @@ class _Message(BaseModel):
 class LoopReading(BaseModel):
     """One inductive loop's count and occupancy over the report interval."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     detector_id: Identifier
     lane: Identifier
-    position: Literal["entry", "mid", "advance", "stopline"]
+    position: Literal["entry", "mid", "advance", "stopline", "feeder_in", "feeder_out"]
     count: int = Field(ge=0, le=1000)
     occupancy: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
 
@@ -55,6 +55,16 @@ class DetectorReport(_Message):
     kind: Literal["detector"] = "detector"
     interval_s: float = Field(gt=0, le=3600, allow_inf_nan=False)
     readings: list[LoopReading] = Field(min_length=1)
+
+    @field_validator("readings")
+    @classmethod
+    def _one_reading_per_loop(cls, readings: list[LoopReading]) -> list[LoopReading]:
+        seen: set[str] = set()
+        for reading in readings:
+            if reading.detector_id in seen:
+                raise ValueError(f"detector {reading.detector_id!r} reported twice in one interval")
+            seen.add(reading.detector_id)
+        return readings
 
 
 class CameraPassage(_Message):
@@ -95,17 +105,18 @@ class SignalCommand(_Message):
     kind: Literal["signal"] = "signal"
     intersection: Identifier
     action: Literal["go", "hold", "force_off"]
-    phase: int | None = Field(default=None, ge=0)
+    phase: int | None = Field(default=None, ge=0, validate_default=True)
     min_green_s: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
     yellow_s: float = Field(default=3.0, ge=0, le=30, allow_inf_nan=False)
     all_red_s: float = Field(default=0.0, ge=0, le=30, allow_inf_nan=False)
     reason: str = Field(default="", max_length=2000)
 
-    @model_validator(mode="after")
-    def _go_needs_phase(self) -> SignalCommand:
-        if self.action == "go" and self.phase is None:
+    @field_validator("phase")
+    @classmethod
+    def _go_needs_phase(cls, phase: int | None, info: ValidationInfo) -> int | None:
+        if phase is None and info.data.get("action") == "go":
             raise ValueError("action 'go' needs a target phase")
-        return self
+        return phase
 
 
 _event_adapter: TypeAdapter[DeviceEvent] = TypeAdapter(DeviceEvent)
@@ -129,7 +140,7 @@ def _load(data: str | bytes | dict[str, Any]) -> dict[str, Any]:
 def parse_event(data: str | bytes | dict[str, Any]) -> DetectorReport | CameraPassage | ControllerState:
     """Validate one device event (JSON text or a decoded object)."""
     try:
-        return _event_adapter.validate_python(_load(data))
+        return _event_adapter.validate_python(_load(data), strict=True)
     except ValidationError as exc:
         raise ProtocolError(_errors(exc)) from None
 

@@ -18,13 +18,15 @@ from urbanbrain.network.model import GREEN_CHARS, Phase
 def change_interval_states(from_state: str, to_state: str) -> tuple[str, str]:
     """The (yellow, all-red) states between two greens.
 
-    A movement green in both keeps its green (it is not losing it); one losing green
-    shows yellow, then red; one gaining green waits at red until the interval ends.
+    A movement green in both keeps its green, unless it loses priority (a protected
+    `G` becoming a permissive `g`: its foes are about to get green, so it must be
+    cleared like any movement losing green); one losing green shows yellow, then red;
+    one gaining green waits at red until the interval ends.
     """
     yellow = []
     red = []
     for old, new in zip(from_state, to_state):
-        if old in GREEN_CHARS and new in GREEN_CHARS:
+        if old in GREEN_CHARS and new in GREEN_CHARS and not (old == "G" and new == "g"):
             yellow.append(old)
             red.append(old)
         elif old in GREEN_CHARS:
@@ -42,7 +44,6 @@ class _Change:
     started: float
     yellow_until: float
     red_until: float
-    min_green_s: float
 
 
 class SignalController:
@@ -57,7 +58,6 @@ class SignalController:
         self.phases = phases
         self.phase = start_phase
         self.green_since = now
-        self.min_green_s = 0.0
         self._change: _Change | None = None
 
     @property
@@ -77,7 +77,6 @@ class SignalController:
             started=now,
             yellow_until=now + command.yellow_s,
             red_until=now + command.yellow_s + command.all_red_s,
-            min_green_s=command.min_green_s,
         )
 
     def advance(self, now: float) -> None:
@@ -85,7 +84,6 @@ class SignalController:
         if self._change is not None and now >= self._change.red_until:
             self.phase = self._change.target
             self.green_since = self._change.red_until
-            self.min_green_s = self._change.min_green_s
             self._change = None
 
     def state_at(self, now: float) -> str:

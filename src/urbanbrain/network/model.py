@@ -44,11 +44,17 @@ class Movement:
 
 @dataclass(frozen=True)
 class Approach:
-    """An incoming road at an intersection, with its lanes ordered right to left."""
+    """An incoming road at an intersection, with its lanes ordered right to left.
+
+    `feeders` are the roads upstream of it, through unsignalised junctions, within
+    reach of the stop line: where the queue stands when the approach road itself is
+    short (many real networks split a road just before the junction).
+    """
 
     edge: str
     lanes: tuple[str, ...]
     from_intersection: str | None
+    feeders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,9 @@ class Network:
     lanes: dict[str, Lane]
     intersections: dict[str, Intersection]
     bounds: tuple[float, float, float, float]
+
+    def edge_lanes(self, edge: str) -> tuple[str, ...]:
+        return tuple(lane.id for lane in self.lanes.values() if lane.edge == edge)
 
     def intersection(self, intersection_id: str) -> Intersection:
         try:

@@ -22,6 +22,7 @@ from urbanbrain.network.model import (
     Phase,
 )
 
+FEEDER_REACH_M = 200.0
 GENERATED_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=2.0)
 FALLBACK_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=0.0)
 
@@ -96,8 +97,8 @@ def _read_intersection(tls: sumolib.net.TLS, node_tls: dict[str, str]) -> Inters
     foes = _foe_groups(connections, n_groups)
     phases, clearance, source = _phases_from_program(program, n_groups)
     if phases is None:
-        phases = _generated_phases(connections, n_groups)
-        clearance, source = GENERATED_CLEARANCE, "generated: 3 s yellow + 2 s all-red (no usable program)"
+        phases = _generated_phases(connections, foes, n_groups)
+        clearance, source = GENERATED_CLEARANCE, "generated: conflict-free stages, 3 s yellow + 2 s all-red (no usable program)"
         conflicts = foes
     else:
         conflicts = _conflicts_from_plan(foes, phases)
@@ -229,16 +230,41 @@ def _clearance_of(states: list[tuple[float, str]], roles: list[str]) -> tuple[Cl
     return Clearance(yellow_s=red, all_red_s=0.0), "program: all-red phase, shown as yellow"
 
 
-def _generated_phases(connections: list, n_groups: int) -> tuple[Phase, ...]:
-    """One green per approach: always conflict-free, the safe default for a bare network."""
-    by_edge: dict[str, set[int]] = {}
-    for in_lane, _, link_index in connections:
-        by_edge.setdefault(in_lane.getEdge().getID(), set()).add(link_index)
-    phases = []
-    for i, groups in enumerate(by_edge.values()):
-        state = "".join("G" if k in groups else "r" for k in range(n_groups))
-        phases.append(Phase(index=i, state=state, plan_green_s=30.0))
-    return tuple(phases)
+def _generated_phases(connections: list, foes: tuple[frozenset[int], ...], n_groups: int) -> tuple[Phase, ...]:
+    """Stages for a bare network: approach by approach, each signal group joins the
+    first stage none of whose groups are its foes (greedy colouring), so every stage
+    is conflict-free by construction."""
+    order: list[int] = []
+    for in_lane, _, link_index in sorted(connections, key=lambda c: (c[0].getEdge().getID(), c[2])):
+        if link_index not in order:
+            order.append(link_index)
+    stages: list[set[int]] = []
+    for group in order:
+        stage = next((s for s in stages if not foes[group] & s), None)
+        if stage is None:
+            stages.append({group})
+        else:
+            stage.add(group)
+    return tuple(
+        Phase(index=i, state="".join("G" if k in stage else "r" for k in range(n_groups)), plan_green_s=30.0)
+        for i, stage in enumerate(stages)
+    )
+
+
+def _feeders(edge, node_tls: dict[str, str], reach_m: float = FEEDER_REACH_M) -> tuple[str, ...]:
+    """Roads upstream of `edge` through unsignalised junctions, while within `reach_m` of its stop line."""
+    found: list[str] = []
+    frontier = [(edge, edge.getLength())]
+    while frontier:
+        current, distance = frontier.pop()
+        if current.getFromNode().getID() in node_tls or distance >= reach_m:
+            continue
+        for upstream in current.getIncoming():
+            if upstream.getFunction() or upstream.getID() in found or upstream is edge:
+                continue
+            found.append(upstream.getID())
+            frontier.append((upstream, distance + upstream.getLength()))
+    return tuple(sorted(found))
 
 
 def _approaches(connections: list, node_tls: dict[str, str]) -> tuple[Approach, ...]:
@@ -254,6 +280,7 @@ def _approaches(connections: list, node_tls: dict[str, str]) -> tuple[Approach, 
                 edge=edge_id,
                 lanes=tuple(lane.getID() for lane in edge.getLanes()),
                 from_intersection=node_tls.get(from_node),
+                feeders=_feeders(edge, node_tls),
             )
         )
     return tuple(result)

@@ -19,6 +19,10 @@ arrival); a queue standing over the advance loop fills the lane up to it; a lane
 that has had green for a while with nothing crossing its stop line holds at most
 the vehicles that entered recently. What drift remains moves counts between the
 lanes of one approach, never out of it.
+
+Feeder roads upstream of a short approach are counted per road (in at its start,
+out at its end); their vehicles count as queued while the queue stands over the
+road's end loop, and that queue is shared among the approach's lanes.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.inventory import DeviceLayout, Station, place_devices
 from urbanbrain.devices.protocol import CameraPassage, ControllerState, DetectorReport
 from urbanbrain.network.model import GREEN_CHARS, Network
-from urbanbrain.state.model import CityState, LaneState, SignalStatus
+from urbanbrain.state.model import CityState, LaneState, signal_status
 
-JAM_SPACING_M = 7.5  # metres of lane per standing car (length + gap)
+JAM_SPACING_M = 7.5  # metres of lane per standing car (length + gap); shared with the controllers
 STANDING_OCCUPANCY = 0.95
 STANDING_S = 3.0
 SETTLE_GREEN_S = 6.0
@@ -87,9 +91,25 @@ class _Lane:
 
 
 @dataclass
+class _Feeder:
+    """One feeder road: vehicles counted in at its start and out at its end."""
+
+    length_m: float
+    free_speed_ms: float
+    vehicles: float = 0.0
+    entries: _Recent = field(default_factory=_Recent)
+    standing_s: dict[str, float] = field(default_factory=dict)  # per lane, end loop standing
+
+    @property
+    def queue(self) -> float:
+        return self.vehicles if any(s >= STANDING_S for s in self.standing_s.values()) else 0.0
+
+
+@dataclass
 class _Approach:
     lanes: list[_Lane]
     zone_m: float  # entry loop -> advance loop, 0 without entry loops
+    feeders: list[_Feeder] = field(default_factory=list)
     upstream: float = 0.0  # vehicles between entry and advance loops
     entries: _Recent = field(default_factory=_Recent)
     entry_standing_s: float = 0.0
@@ -110,6 +130,7 @@ class SensorEstimator:
         self.state = CityState(source=self.source)
         self._lanes: dict[str, _Lane] = {}
         self._approach_of: dict[str, _Approach] = {}
+        self._feeders: dict[str, tuple[_Feeder, list[_Approach]]] = {}  # by feeder lane
         positions = {}
         for station in stations if stations is not None else place_devices(network, DeviceLayout()):
             for loop in station.loops:
@@ -133,15 +154,29 @@ class SensorEstimator:
                 group = _Approach(lanes, zone_up)
                 for tracker in lanes:
                     self._approach_of[tracker.id] = group
+                for edge in approach.feeders:
+                    self._add_feeder(network, edge, group)
         if bus is not None:
             bus.subscribe("detector", self.on_detector)
             bus.subscribe("camera", self.on_camera)
             bus.subscribe("controller", self.on_controller)
 
+    def _add_feeder(self, network: Network, edge: str, approach: _Approach) -> None:
+        lanes = network.edge_lanes(edge)
+        known = next((self._feeders[lane] for lane in lanes if lane in self._feeders), None)
+        if known is None:
+            first = network.lanes[lanes[0]]
+            known = (_Feeder(first.length_m, first.speed_limit_ms), [])
+            for lane in lanes:
+                self._feeders[lane] = known
+        feeder, approaches = known
+        approaches.append(approach)
+        approach.feeders.append(feeder)
+
     def on_controller(self, event: ControllerState) -> None:
-        self.state.signals[event.intersection] = SignalStatus(
-            event.signal_state, event.phase, event.time_in_phase_s, event.mode, event.time
-        )
+        status = signal_status(self.network, event)
+        if status is not None:
+            self.state.signals[event.intersection] = status
         self.state.time = max(self.state.time, event.time)
 
     def on_camera(self, event: CameraPassage) -> None:
@@ -155,7 +190,14 @@ class SensorEstimator:
         self.state.time = max(self.state.time, now)
         touched: dict[str, _Lane] = {}
         share_decay = min(1.0, dt / SHARE_TAU_S)
+        fed: dict[int, tuple[_Feeder, list[_Approach]]] = {}
         for reading in event.readings:
+            if reading.position in ("feeder_in", "feeder_out"):
+                known = self._feeders.get(reading.lane)
+                if known is not None:
+                    fed[id(known[0])] = known
+                    self._on_feeder(known[0], reading.lane, reading.position, reading.count, reading.occupancy, now, dt)
+                continue
             lane = self._lanes.get(reading.lane)
             if lane is None:
                 continue
@@ -177,7 +219,7 @@ class SensorEstimator:
                 if approach.zone_m > 0:
                     approach.upstream -= reading.count
                 lane.advance_standing_s = lane.advance_standing_s + dt if standing else 0.0
-            else:
+            elif reading.position == "stopline":
                 lane.balance -= reading.count
                 lane.stop_occupancy = reading.occupancy
                 if reading.count:
@@ -189,13 +231,32 @@ class SensorEstimator:
         for lane in touched.values():
             self._correct(lane, now)
         approaches = {id(self._approach_of[i]): self._approach_of[i] for i in touched}
+        for feeder, fed_approaches in fed.values():
+            window = CAP_TRAVEL_FACTOR * feeder.length_m / max(feeder.free_speed_ms, 1.0) + 10.0
+            feeder.entries.forget_before(now - window)
+            feeder.vehicles = max(0.0, feeder.vehicles)
+            if not any(s > 0 for s in feeder.standing_s.values()):
+                feeder.vehicles = min(feeder.vehicles, float(feeder.entries.since(now - window)))
+            approaches.update({id(a): a for a in fed_approaches})
         for approach in approaches.values():
             _rebalance(approach.lanes)
             self._correct_upstream(approach, now)
             shares = _shares(approach.lanes)
+            feeder_queue = sum(feeder.queue for feeder in approach.feeders)
             for lane, share in zip(approach.lanes, shares):
                 lane.state.vehicles = lane.balance + lane.stop_occupancy + approach.upstream * share
+                lane.state.upstream_queue = feeder_queue * share
                 self._queue(lane, approach, share, now)
+
+    @staticmethod
+    def _on_feeder(feeder: _Feeder, lane: str, position: str, count: int, occupancy: float, now: float, dt: float) -> None:
+        if position == "feeder_in":
+            feeder.vehicles += count
+            feeder.entries.add(now, count)
+        else:
+            feeder.vehicles -= count
+            standing = occupancy >= STANDING_OCCUPANCY
+            feeder.standing_s[lane] = feeder.standing_s.get(lane, 0.0) + dt if standing else 0.0
 
     def _correct(self, lane: _Lane, now: float) -> None:
         window = CAP_TRAVEL_FACTOR * lane.travel_s + 10.0

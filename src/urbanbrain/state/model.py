@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from urbanbrain.devices.protocol import ControllerState
+from urbanbrain.network.model import Network
+
 
 @dataclass
 class LaneState:
-    vehicles: float = 0.0  # vehicles on the link (between advance and stop-line devices)
+    vehicles: float = 0.0  # vehicles on the lane (approach lanes: counted by its loops)
     queue: float = 0.0  # of which standing in the queue
     flow_vph: float = 0.0  # discharge at the stop line, vehicles per hour
     mean_speed_ms: float | None = None  # at the stop line, from camera passages
     arrivals: float = 0.0  # vehicles entering the link in the last minute
+    upstream_queue: float = 0.0  # this lane's share of the queue standing on its approach's feeder roads
 
 
 @dataclass
@@ -39,3 +43,14 @@ class CityState:
         """Vehicles on a lane; 0 for a lane no device observes."""
         lane = self.lanes.get(lane_id)
         return 0.0 if lane is None else lane.vehicles
+
+
+def signal_status(network: Network, report: ControllerState) -> SignalStatus | None:
+    """The status a controller report gives, or None if it does not fit the intersection
+    (unknown intersection, wrong number of signal groups, a phase it does not have)."""
+    intersection = network.intersections.get(report.intersection)
+    if intersection is None or len(report.signal_state) != intersection.n_groups:
+        return None
+    if report.phase is not None and report.phase >= len(intersection.phases):
+        return None
+    return SignalStatus(report.signal_state, report.phase, report.time_in_phase_s, report.mode, report.time)

@@ -12,7 +12,7 @@ from types import ModuleType
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.protocol import ControllerState
 from urbanbrain.network.model import Network
-from urbanbrain.state.model import CityState, LaneState, SignalStatus
+from urbanbrain.state.model import CityState, LaneState, signal_status
 
 ORACLE_LABEL = "oracle (research only: reads the simulator)"
 
@@ -21,18 +21,20 @@ class OracleObserver:
     source = ORACLE_LABEL
 
     def __init__(self, network: Network, sumo: ModuleType, bus: EventBus):
+        self.network = network
         self.sumo = sumo
         self.state = CityState(source=self.source)
         lanes = {lane for i in network.intersections.values() for lane in (*i.in_lanes, *i.out_lanes)}
         self._lanes = sorted(lanes)
+        self._feeders = [(a.lanes, a.feeders) for i in network.intersections.values() for a in i.approaches if a.feeders]
         for lane in self._lanes:
             self.state.lanes[lane] = LaneState()
         bus.subscribe("controller", self.on_controller)
 
     def on_controller(self, event: ControllerState) -> None:
-        self.state.signals[event.intersection] = SignalStatus(
-            event.signal_state, event.phase, event.time_in_phase_s, event.mode, event.time
-        )
+        status = signal_status(self.network, event)
+        if status is not None:
+            self.state.signals[event.intersection] = status
 
     def refresh(self, now: float) -> None:
         lane_api = self.sumo.lane
@@ -41,4 +43,9 @@ class OracleObserver:
             lane.vehicles = float(lane_api.getLastStepVehicleNumber(lane_id))
             lane.queue = float(lane_api.getLastStepHaltingNumber(lane_id))
             lane.mean_speed_ms = lane_api.getLastStepMeanSpeed(lane_id)
+        for lanes, feeders in self._feeders:
+            standing = sum(self.sumo.edge.getLastStepHaltingNumber(edge) for edge in feeders)
+            for lane_id in lanes:
+                if lane_id in self.state.lanes:
+                    self.state.lanes[lane_id].upstream_queue = standing / len(lanes)
         self.state.time = now

@@ -75,6 +75,7 @@ class Twin:
         self._seq: dict[str, int] = {}
         self._workdir = tempfile.TemporaryDirectory(prefix="urbanbrain-twin-")
         self.now = scenario.begin_s
+        self._started = self._closed = False
         bus.subscribe("signal", self._on_command)
 
     @property
@@ -104,6 +105,7 @@ class Twin:
             args += ["--tripinfo-output", str(self.tripinfo_path),
                      "--tripinfo-output.write-unfinished", "true", "--tripinfo-output.write-undeparted", "true"]
         libsumo.start(args)
+        self._started = True
         self.now = libsumo.simulation.getTime()
         for station in self.stations:
             for loop in station.loops:
@@ -125,8 +127,15 @@ class Twin:
         return self.now
 
     def close(self) -> None:
-        libsumo.close()
-        self._workdir.cleanup()
+        """Close the simulation (writing its trip information); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._started:
+                libsumo.close()
+        finally:
+            self._workdir.cleanup()
 
     def _on_command(self, command: SignalCommand) -> None:
         controller = self.controllers.get(command.intersection)
