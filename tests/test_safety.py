@@ -95,6 +95,8 @@ def run(intersection: Intersection, sequence) -> tuple[list[str], list[tuple[flo
         states.append(state)
         phases.append(controller.report_phase(now))
         now += DT
+    settled = controller.report_phase(now + 60.0)[0]
+    assert settled == safety._tracks["J"].phase, "the layer's record and the device agree once changes finish"
     return states, phases, safety
 
 
@@ -116,7 +118,8 @@ def test_no_conflicting_greens_full_clearance_min_and_max_green(intersection, se
                 if was not in GREEN_CHARS:  # gaining green: every conflicting group cleared long enough
                     for h in intersection.conflicts[g]:
                         gap = now - (last_green[h] + DT)
-                        assert gap >= clearance.total_s - 1e-9, f"group {g} green {gap} s after conflicting {h}"
+                        required = max(clearance.yellow_s, LIMITS.min_yellow_s) + clearance.all_red_s
+                        assert gap >= required - 1e-9, f"group {g} green {gap} s after conflicting {h}"
                     green_start[g] = now
                 last_green[g] = now
             elif was in GREEN_CHARS:  # losing green: yellow first, and the green lasted the minimum
@@ -125,7 +128,8 @@ def test_no_conflicting_greens_full_clearance_min_and_max_green(intersection, se
             if c == "y":
                 yellow_run[g] += DT
             elif was == "y":
-                assert yellow_run[g] >= clearance.yellow_s - 1e-9, f"group {g} yellow only {yellow_run[g]} s"
+                required = max(clearance.yellow_s, LIMITS.min_yellow_s)
+                assert yellow_run[g] >= required - 1e-9, f"group {g} yellow only {yellow_run[g]} s"
                 yellow_run[g] = 0.0
     for phase, in_phase in phases:
         if phase is not None:
@@ -220,3 +224,11 @@ def test_a_report_that_does_not_fit_is_flagged_not_trusted():
     bad_phase = ControllerState(device_id="c", seq=1, time=1.0, intersection="J", signal_state="Gr",
                                 phase=9, time_in_phase_s=0, mode="remote")
     assert signal_status(network, bad_phase) is None
+
+
+def test_field_controller_keeps_its_own_minimum_yellow():
+    network = _two_phase(("Gr", "rG"), (frozenset({1}), frozenset({0})))
+    controller = SignalController("J", network.intersections["J"].phases, 0, 0.0, min_yellow_s=3.0)
+    rogue = SignalCommand(device_id="x", seq=0, time=0.0, intersection="J", action="go", phase=1, yellow_s=0, all_red_s=0)
+    controller.apply(rogue, 0.0)
+    assert controller.state_at(0.0) == "yr" and controller.state_at(2.9) == "yr" and controller.state_at(3.0) == "rG"

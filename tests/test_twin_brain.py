@@ -121,4 +121,4 @@ def test_brain_controller_runs_safely_and_explains_switches(grid_city: Path):
     assert result.commands > 0
     assert result.safety.get("violation", 0) == 0
     assert explained and all(e["reason"] and e["scores"] for e in explained)
-    assert all(e["switched"] for e in explained if e["reason"].startswith("switch")), "the safety layer let every switch through"
+    assert all(e["outcome"] == "switched" for e in explained if e["reason"].startswith("switch")), "the safety layer let every switch through"

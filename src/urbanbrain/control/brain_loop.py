@@ -57,7 +57,7 @@ class BrainLoop:
             command = self.safety.command(decision.intersection, "go", decision.phase, now,
                                           min_green_s=decision.min_green_s, reason=decision.reason)
             safe = self.safety.submit(command, now)
-            self._record(decision, now, safe is not None and safe.action != "hold")
+            self._record(decision, now, _outcome(safe, self.safety))
             if safe is not None and safe.action != "hold":
                 self._send(safe)
 
@@ -65,9 +65,17 @@ class BrainLoop:
         self.commands_sent += 1
         self.bus.publish(command)
 
-    def _record(self, decision: PhaseDecision, now: float, switched: bool) -> None:
+    def _record(self, decision: PhaseDecision, now: float, outcome: str) -> None:
         entry = {"time": now, "controller": self.controller.name, "observation": self.state.source,
-                 **asdict(decision), "switched": switched}
+                 **asdict(decision), "outcome": outcome}
         self.recent.append(entry)
         if self.explain is not None:
             self.explain(entry)
+
+
+def _outcome(safe, safety: SafetyLayer) -> str:
+    """What became of a decision: switched, kept, forced off (maximum green), deferred or refused."""
+    if safe is None:
+        last = safety.interventions[-1] if safety.interventions else None
+        return last.outcome if last is not None and last.outcome in ("deferred", "refused") else "refused"
+    return {"go": "switched", "hold": "kept", "force_off": "forced off"}[safe.action]

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class SafetyLimits:
     min_green_s: float = 5.0
     max_green_s: float = 120.0
+    min_yellow_s: float = 3.0  # never less yellow than this, whatever a program says (the field controllers' own floor)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_green_s <= self.max_green_s:
@@ -156,9 +157,10 @@ class SafetyLayer:
 
     def _corrected_timings(self, intersection: Intersection, command: SignalCommand, now: float) -> SignalCommand:
         clearance = intersection.clearance
+        yellow = max(clearance.yellow_s, self.limits.min_yellow_s)
         update: dict[str, float] = {}
-        if command.yellow_s < clearance.yellow_s:
-            update["yellow_s"] = clearance.yellow_s
+        if command.yellow_s < yellow:
+            update["yellow_s"] = yellow
         if command.all_red_s < clearance.all_red_s:
             update["all_red_s"] = clearance.all_red_s
         if command.min_green_s < self.limits.min_green_s:
@@ -190,7 +192,7 @@ class SafetyLayer:
             action=action,
             phase=phase,
             min_green_s=self.limits.min_green_s if min_green_s is None else min_green_s,
-            yellow_s=clearance.yellow_s,
+            yellow_s=max(clearance.yellow_s, self.limits.min_yellow_s),
             all_red_s=clearance.all_red_s,
             reason=reason,
         )

@@ -2,9 +2,9 @@
 
 It knows its green phases (its timing database) and turns a command into the signal
 heads' states second by second: yellow for the movements losing green, then all-red,
-then the new green. It does not second-guess timings: deciding what is safe is the
-brain's safety layer's job (one place for the rules), and the controller runs what
-that layer lets through, exactly as a field controller runs its central's commands.
+then the new green. Deciding what is safe is the brain's safety layer's job (one place for the rules);
+like a real field controller, it keeps one last floor of its own: it never shows a
+yellow shorter than its configured minimum, whatever a command says.
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ class SignalController:
     Time is the scenario clock in seconds.
     """
 
-    def __init__(self, intersection_id: str, phases: tuple[Phase, ...], start_phase: int = 0, now: float = 0.0):
+    def __init__(self, intersection_id: str, phases: tuple[Phase, ...], start_phase: int = 0, now: float = 0.0,
+                 min_yellow_s: float = 3.0):
         self.intersection_id = intersection_id
+        self.min_yellow_s = min_yellow_s
         self.phases = phases
         self.phase = start_phase
         self.green_since = now
@@ -72,11 +74,12 @@ class SignalController:
         target = command.phase if command.phase is not None else (self.phase + 1) % len(self.phases)
         if target == self.phase:
             return
+        yellow = max(command.yellow_s, self.min_yellow_s)
         self._change = _Change(
             target=target,
             started=now,
-            yellow_until=now + command.yellow_s,
-            red_until=now + command.yellow_s + command.all_red_s,
+            yellow_until=now + yellow,
+            red_until=now + yellow + command.all_red_s,
         )
 
     def advance(self, now: float) -> None:
