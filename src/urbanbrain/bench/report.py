@@ -10,7 +10,6 @@ from rich.table import Table
 from urbanbrain.bench.session import RunResult
 
 PEERS = ("fixed", "actuated", "delaybased", "maxpressure")
-KPI_KEYS = ("att_s", "delay_s", "total_delay_s", "throughput", "not_inserted", "stops", "wall_s")
 
 
 def result_record(result: RunResult) -> dict[str, float | int]:
