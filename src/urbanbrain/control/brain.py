@@ -8,11 +8,13 @@ Ingolstadt (approach edges of 1-24 m: queues stand upstream, unseen) and Atlanta
 Each intersection decides every second (not on a fixed 10 s beat) which green
 serves the network best, from what the device path can tell:
 
-- a phase's weight is the pressure of its movements: queued vehicles on each in-lane
-  and on the feeder roads behind it (once per lane, however many turns it feeds;
-  moving ones weighted by `moving_weight`) minus the vehicles already on its
-  out-lanes; a movement whose out-lane is nearly full gets no weight,
-  because feeding a link about to spill back only blocks the junction upstream;
+- a phase's weight is the queue it serves: queued vehicles on each in-lane and on
+  the feeder roads behind it (once per lane, however many turns it feeds; moving ones
+  weighted by `moving_weight`), less `downstream_weight` times the vehicles already
+  on its out-lanes; a movement whose out-lanes are nearly full gets no weight,
+  because feeding a link about to spill back only blocks the junction upstream.
+  Measured, that blocking rule does better than subtracting out-lane counts
+  (max-pressure's term), so the default weight of those counts is 0;
 - the current green is kept while it serves more than any other phase would after
   paying the change interval (hysteresis), so greens are as long as their queues need
   and no longer (it gaps out when its demand is gone);
@@ -40,6 +42,7 @@ class BrainSettings:
     switch_cost_veh: float = 2.0  # hysteresis: vehicles of pressure a change must gain
     full_fraction: float = 0.85  # an out-lane this full is treated as blocked
     moving_weight: float = 0.0  # weight of moving (not yet queued) vehicles against queued ones
+    downstream_weight: float = 0.0  # weight of the vehicles already on a movement's out-lanes (see below)
 
 
 @dataclass
@@ -115,7 +118,7 @@ class BrainController:
                 downstream = sum(state.vehicles(o) for o in outs) / len(outs)
                 blocked = all(state.vehicles(o) >= self.settings.full_fraction * self._capacity[o] for o in outs)
                 if not blocked:
-                    weight += max(0.0, demand - downstream)
+                    weight += max(0.0, demand - self.settings.downstream_weight * downstream)
             result[index] = weight
         return result
 
