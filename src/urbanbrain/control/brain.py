@@ -1,9 +1,5 @@
-"""The brain's signal controller (first step of issue 3; not yet better than the peers).
-
-Measured in sensors mode it is level with max-pressure on the Hangzhou single
-intersections and Cologne and slightly behind on hangzhou_4x4 and the demo city; on
-Ingolstadt (approach edges of 1-24 m: queues stand upstream, unseen) and Atlanta
-(saturated) it is far behind the actuated peer. See docs/benchmarks.md.
+"""The brain's signal controller — first steps of issue 3; it does not yet beat the
+best peer on every city (docs/benchmarks.md has the measured standing).
 
 Each intersection decides every second (not on a fixed 10 s beat) which green
 serves the network best, from what the device path can tell:
