@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from urbanbrain.bench import report
+from urbanbrain.bench.runner import RunSpec, run_all
 from urbanbrain.bench.session import OBSERVATIONS, CitySession
 from urbanbrain.control import CONTROLLERS
 from urbanbrain.network import read_network
@@ -52,33 +52,28 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="write a PNG plot of the KPIs here")] = None,
     explain: Annotated[Path | None, typer.Option(help="write every decision and why as JSON lines here")] = None,
     details: Annotated[Path | None, typer.Option(help="write per-intersection KPIs, estimator error and safety log counts here")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="controllers run at once (wall times are comparable only with 1)")] = 1,
 ) -> None:
-    """Run controllers side by side on one scenario (each in its own simulation) and compare KPIs."""
+    """Run controllers side by side on one scenario (each in its own simulation and process) and compare KPIs."""
     if observation not in OBSERVATIONS:
         raise typer.BadParameter(f"choose sensors or oracle, not {observation!r}", param_hint="--observation")
     names = _controllers(controller)
     loaded, network = _load(scenario)
     if observation == "oracle":
         console.print("[bold yellow]oracle observation: controllers read the simulator directly — research comparison only[/]")
-    explain_file = explain.open("w", encoding="utf-8") if explain else None
     results = []
-    try:
-        for name in names:
-            sink = (lambda entry: explain_file.write(json.dumps(entry) + "\n")) if explain_file else None
-            session = CitySession(loaded, network, name, observation=observation, seed=seed, horizon_s=horizon,
-                                  explain=sink, measure_estimator=observation == "sensors")
-            with session, Progress(TextColumn(f"{name:<12}"), BarColumn(),
-                                   TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-                                   TimeElapsedColumn(), console=console, transient=True) as progress:
-                task = progress.add_task(name, total=horizon)
-                session.start()
-                while not session.done:
-                    session.step()
-                    progress.update(task, completed=session.now - loaded.begin_s)
-                results.append(session.finish())
-    finally:
-        if explain_file:
-            explain_file.close()
+    with tempfile.TemporaryDirectory(prefix="urbanbrain-bench-") as tmp:
+        specs = [RunSpec(scenario, name, observation, seed, float(horizon),
+                         Path(tmp) / f"{name}.jsonl" if explain else None) for name in names]
+        with console.status(f"running {', '.join(names)} on {loaded.name}, each in its own process ..."):
+            for spec, result in run_all(specs, jobs):
+                console.print(f"  {spec.controller:<12} done: total delay {result.kpis.total_delay_s:.1f} s "
+                              f"(wall {result.wall_s:.1f} s)")
+                results.append(result)
+        if explain:
+            with explain.open("w", encoding="utf-8") as out:
+                for spec in specs:
+                    out.write(spec.explain_path.read_text(encoding="utf-8"))
     record = report.bench_record(loaded.name, horizon, observation, version("eclipse-sumo"), results)
     console.print(report.table(record, results))
     if json_path:
