@@ -56,22 +56,27 @@ class BrainController:
 
     def __post_init__(self) -> None:
         self._phases: dict[str, list[_PhaseLinks]] = {}
-        self._always_green: dict[str, frozenset[str]] = {}
+        self._controlled: dict[str, dict[str, tuple[int, ...]]] = {}  # lane -> its signal groups not always green
         self._capacity: dict[str, float] = {
             lane.id: max(1.0, lane.length_m / JAM_SPACING_M) for lane in self.network.lanes.values()
         }
         for intersection in self.network.intersections.values():
+            # A movement green in every phase (a free right turn, say) is served whatever
+            # the brain decides; the lane's other movements still need their phase.
+            always = frozenset.intersection(*(phase.green_groups for phase in intersection.phases))
             phases = []
             for phase in intersection.phases:
                 outs: dict[str, list[str]] = {}
                 for movement in intersection.movements_of_phase(phase.index):
-                    outs.setdefault(movement.in_lane, []).append(movement.out_lane)
+                    if movement.signal_group not in always:
+                        outs.setdefault(movement.in_lane, []).append(movement.out_lane)
                 phases.append(_PhaseLinks(tuple(outs), {k: tuple(v) for k, v in outs.items()}))
             self._phases[intersection.id] = phases
-            common = set(phases[0].lanes)
-            for links in phases[1:]:
-                common &= set(links.lanes)
-            self._always_green[intersection.id] = frozenset(common)
+            controlled: dict[str, set[int]] = {}
+            for movement in intersection.movements:
+                if movement.signal_group not in always:
+                    controlled.setdefault(movement.in_lane, set()).add(movement.signal_group)
+            self._controlled[intersection.id] = {lane: tuple(groups) for lane, groups in controlled.items()}
         self._red_since: dict[str, float] = {}
 
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
@@ -89,22 +94,18 @@ class BrainController:
         return decisions
 
     def _track_waits(self, intersection_id: str, signal_state: str, state: CityState, now: float) -> None:
-        intersection = self.network.intersections[intersection_id]
-        green_lanes = {m.in_lane for m in intersection.movements if signal_state[m.signal_group] in GREEN_CHARS}
-        for lane in intersection.in_lanes:
-            if lane in green_lanes or state.lanes.get(lane) is None or state.lanes[lane].queue < 0.5:
+        for lane, groups in self._controlled[intersection_id].items():
+            served = any(signal_state[group] in GREEN_CHARS for group in groups)
+            if served or state.lanes.get(lane) is None or state.lanes[lane].queue < 0.5:
                 self._red_since.pop(lane, None)
             else:
                 self._red_since.setdefault(lane, now)
 
     def weights(self, intersection_id: str, state: CityState) -> dict[int, float]:
-        always = self._always_green[intersection_id]
         result = {}
         for index, links in enumerate(self._phases[intersection_id]):
             weight = 0.0
             for lane in links.lanes:
-                if lane in always:
-                    continue
                 lane_state = state.lanes.get(lane)
                 if lane_state is None:
                     continue
