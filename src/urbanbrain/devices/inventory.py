@@ -24,7 +24,9 @@ from urbanbrain.network.model import Network
 class DeviceLayout:
     """Placement settings for the twin's virtual devices."""
 
-    stopline_setback_m: float = 1.0
+    # A waiting car's front can stop short of the lane's end (measured on atlanta_1x5: 1.0 m
+    # short, so a loop 1 m back never saw a standing queue); 2.5 m back lies under it.
+    stopline_setback_m: float = 2.5
     advance_before_stopline_m: float = 100.0
     entry_from_start_m: float = 3.0
     min_entry_zone_m: float = 30.0  # shorter zones get no entry loop: the advance loop sits at the entry
