@@ -102,3 +102,25 @@ def test_short_approaches_get_their_feeder_roads():
     assert short and all(a.feeders for a in short)
     signalised_approaches = {a.edge for a in approaches}
     assert not any(set(a.feeders) & signalised_approaches for a in approaches)
+
+
+def test_a_free_turn_does_not_hide_its_lanes_other_movements_from_the_brain():
+    """On atlanta_1x5 right turns are green in every phase; their lanes' straight
+    movements still have to be served, so a queue there must give its phase weight."""
+    from urbanbrain.control.brain import BrainController
+    from urbanbrain.state.model import CityState, LaneState
+
+    scenario = load_scenario(scenario_cfg("atlanta_1x5"))
+    network = read_network(scenario.net_file)
+    brain = BrainController(network)
+    checked = 0
+    for intersection in network.intersections.values():
+        always = frozenset.intersection(*(p.green_groups for p in intersection.phases))
+        for lane in intersection.in_lanes:
+            groups = {m.signal_group for m in intersection.movements if m.in_lane == lane}
+            if not groups & always or not groups - always:
+                continue
+            state = CityState(source="test", lanes={lane: LaneState(vehicles=5.0, queue=5.0)})
+            assert max(brain.weights(intersection.id, state).values()) == 5.0, lane
+            checked += 1
+    assert checked >= 4

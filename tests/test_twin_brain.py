@@ -122,3 +122,26 @@ def test_brain_controller_runs_safely_and_explains_switches(grid_city: Path):
     assert result.safety.get("violation", 0) == 0
     assert explained and all(e["reason"] and e["scores"] for e in explained)
     assert all(e["outcome"] == "switched" for e in explained if e["reason"].startswith("switch")), "the safety layer let every switch through"
+
+
+@pytest.mark.parametrize("max_wait_s", [60.0, None])
+def test_starvation_guard_bounds_the_wait_at_red(grid_city: Path, max_wait_s: float | None):
+    """With switching by pressure disabled (an enormous change cost) only the guard
+    changes phases; the longest stop the simulator measures must stay within the limit,
+    and without the guard it does not (so the test can fail)."""
+    from urbanbrain.control.brain import BrainController, BrainSettings
+
+    scenario = load_scenario(grid_city)
+    network = read_network(scenario.net_file)
+    session = CitySession(scenario, network, "brain", horizon_s=400)
+    settings = BrainSettings(switch_cost_veh=1e9, max_wait_s=max_wait_s or 1e9)
+    session.brain.controller = session.controller = BrainController(network, settings)
+    session.start()
+    while not session.done:
+        session.step()
+    result = session.finish()
+    if max_wait_s is None:
+        assert result.longest_stop_s > 120
+    else:
+        assert result.longest_stop_s <= max_wait_s
+        assert result.safety.get("violation", 0) == 0

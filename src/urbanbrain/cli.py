@@ -81,7 +81,7 @@ def bench(
     if plot:
         report.plot(record, plot)
     if details:
-        report.write_json({r.controller: {"per_intersection": r.per_intersection, "max_queue": r.max_queue,
+        report.write_json({r.controller: {"per_intersection": r.per_intersection, "max_queue": r.max_queue, "longest_stop_s": r.longest_stop_s,
                                           "estimator_mae_veh": r.estimator_mae_veh, "safety": r.safety,
                                           "commands": r.commands} for r in results}, details)
 

@@ -51,7 +51,7 @@ def table(record: dict, results: list[RunResult]) -> Table:
     title = f"{record['scenario']} — {record['horizon_s']} s, observation: {observation}"
     out = Table(title=title)
     for column in ("controller", "total delay s", "vs best peer", "att s", "delay s", "throughput",
-                   "not inserted", "stops/veh", "max queue", "est. MAE veh/lane", "safety", "wall s"):
+                   "not inserted", "stops/veh", "max queue", "longest stop s", "est. MAE veh/lane", "safety", "wall s"):
         out.add_column(column, justify="left" if column in ("controller", "safety") else "right")
     best = best_peer_delay(results)
     for r in results:
@@ -60,7 +60,7 @@ def table(record: dict, results: list[RunResult]) -> Table:
         mae = f"{r.estimator_mae_veh:.2f}" if r.estimator_mae_veh is not None else "-"
         safety = ", ".join(f"{n} {kind}" for kind, n in sorted(r.safety.items())) or "-"
         out.add_row(r.controller, f"{k.total_delay_s:.1f}", ratio, f"{k.att_s:.1f}", f"{k.delay_s:.1f}",
-                    str(k.throughput), str(k.not_inserted), f"{k.stops:.2f}", str(r.max_queue), mae, safety,
+                    str(k.throughput), str(k.not_inserted), f"{k.stops:.2f}", str(r.max_queue), f"{r.longest_stop_s:.0f}", mae, safety,
                     f"{r.wall_s:.1f}")
     return out
 

@@ -32,6 +32,7 @@ class RunResult:
     observation: str
     kpis: TripKpis
     max_queue: int
+    longest_stop_s: float
     per_intersection: dict[str, dict[str, float]]
     wall_s: float
     estimator_mae_veh: float | None
@@ -131,6 +132,7 @@ class CitySession:
             observation=self.observation,
             kpis=kpis,
             max_queue=self.monitor.max_queue,
+            longest_stop_s=self.monitor.longest_stop_s,
             per_intersection={k: vars(v).copy() for k, v in self.monitor.per_intersection.items()},
             wall_s=wall,
             estimator_mae_veh=sum(self._errors) / len(self._errors) if self._errors else None,

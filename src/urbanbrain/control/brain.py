@@ -34,7 +34,7 @@ from urbanbrain.state.model import CityState
 class BrainSettings:
     min_green_s: float = 10.0
     max_wait_s: float = 120.0  # starvation guard: longest wait at red with demand
-    guard_margin_s: float = 15.0  # act this long before the limit, to cover the change interval
+    guard_margin_s: float = 5.0  # on top of the worst-case time to serve a waiting lane (see _guard)
     switch_cost_veh: float = 2.0  # hysteresis: vehicles of pressure a change must gain
     full_fraction: float = 0.85  # an out-lane this full is treated as blocked
     moving_weight: float = 0.0  # weight of moving (not yet queued) vehicles against queued ones
@@ -78,6 +78,8 @@ class BrainController:
                     controlled.setdefault(movement.in_lane, set()).add(movement.signal_group)
             self._controlled[intersection.id] = {lane: tuple(groups) for lane, groups in controlled.items()}
         self._red_since: dict[str, float] = {}
+        self._guarding: dict[str, int] = {}  # intersection -> phase the guard has ordered
+        self._change_s = {i.id: i.clearance.total_s for i in self.network.intersections.values()}
 
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
         decisions = []
@@ -86,12 +88,35 @@ class BrainController:
             if signal is None:
                 continue
             self._track_waits(intersection_id, signal.signal_state, state, now)
-            if signal.phase is None or signal.time_in_phase_s < self.settings.min_green_s:
+            if signal.phase is None:
                 continue
-            decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
+            decision = self._guard(intersection_id, phases, signal.phase, state, now)
+            if decision is None and signal.time_in_phase_s >= self.settings.min_green_s:
+                decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
             if decision is not None:
                 decisions.append(decision)
         return decisions
+
+    def _guard(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
+               now: float) -> PhaseDecision | None:
+        """Starvation guard. It acts early enough for the worst case: the current green
+        may still owe its minimum green, or a change to another phase may be under way
+        (that phase's minimum green and two change intervals), before the lane gets green."""
+        if self._guarding.get(intersection_id) == current:
+            del self._guarding[intersection_id]
+        lead = self.settings.min_green_s + 2 * self._change_s[intersection_id] + self.settings.guard_margin_s
+        waiting = [lane for lane in self._controlled[intersection_id]
+                   if now - self._red_since.get(lane, now) >= self.settings.max_wait_s - lead]
+        if not waiting:
+            return None
+        oldest = min(waiting, key=lambda lane: self._red_since[lane])
+        target = next((i for i, links in enumerate(phases) if oldest in links.lanes), current)
+        if target == current or self._guarding.get(intersection_id) == target:
+            return None  # served now, or the change is already ordered (the safety layer may defer it)
+        self._guarding[intersection_id] = target
+        return PhaseDecision(intersection_id, target, self.settings.min_green_s,
+                             f"starvation guard: {oldest} has waited {now - self._red_since[oldest]:.0f} s at red "
+                             f"(limit {self.settings.max_wait_s:g} s)", self.weights(intersection_id, state))
 
     def _track_waits(self, intersection_id: str, signal_state: str, state: CityState, now: float) -> None:
         for lane, groups in self._controlled[intersection_id].items():
@@ -121,17 +146,7 @@ class BrainController:
 
     def _decide_one(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
                     now: float) -> PhaseDecision | None:
-        starving = [lane for lane, since in self._red_since.items()
-                    if now - since >= self.settings.max_wait_s - self.settings.guard_margin_s
-                    and lane in self.network.intersections[intersection_id].in_lanes]
         weights = self.weights(intersection_id, state)
-        if starving:
-            oldest = min(starving, key=lambda lane: self._red_since[lane])
-            target = next((i for i, links in enumerate(phases) if oldest in links.lanes), current)
-            if target != current:
-                return PhaseDecision(intersection_id, target, self.settings.min_green_s,
-                                     f"starvation guard: {oldest} waited {now - self._red_since[oldest]:.0f} s at red",
-                                     weights)
         best = max(weights, key=lambda k: (weights[k], k == current))
         if best == current or weights[best] <= weights[current] + self.settings.switch_cost_veh:
             return None

@@ -76,6 +76,7 @@ class IntersectionKpis:
     max_queue: int = 0  # longest standing queue on one approach lane, vehicles
     stopped_veh_s: float = 0.0  # vehicle-seconds spent standing on the approaches
     mean_queue: float = 0.0  # vehicles standing on all approaches, time average
+    longest_stop_s: float = 0.0  # longest time a vehicle stood without moving at the head of an approach lane
 
 
 @dataclass
@@ -97,10 +98,23 @@ class QueueMonitor:
         for intersection, lanes in self._lanes.items():
             kpis = self.per_intersection[intersection]
             queues = [halting(lane) for lane in lanes]
+            for lane, queue in zip(lanes, queues):
+                if queue:
+                    kpis.longest_stop_s = max(kpis.longest_stop_s, self._head_wait(lane))
             standing = sum(queues)
             kpis.max_queue = max(kpis.max_queue, max(queues, default=0))
             kpis.stopped_veh_s += standing * dt
             kpis.mean_queue += (standing - kpis.mean_queue) / self.samples
+
+    def _head_wait(self, lane: str) -> float:
+        """How long the vehicle nearest the stop line has stood without moving (SUMO's
+        waiting time: reset whenever it moves); the head of a queue waits the longest."""
+        vehicles = self.sumo.lane.getLastStepVehicleIDs(lane)
+        return self.sumo.vehicle.getWaitingTime(vehicles[-1]) if vehicles else 0.0
+
+    @property
+    def longest_stop_s(self) -> float:
+        return max((k.longest_stop_s for k in self.per_intersection.values()), default=0.0)
 
     @property
     def max_queue(self) -> int:
