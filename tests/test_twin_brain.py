@@ -126,7 +126,7 @@ def test_brain_controller_runs_safely_and_explains_switches(grid_city: Path):
 
 @pytest.mark.parametrize("max_wait_s", [60.0, None])
 def test_starvation_guard_bounds_the_wait_at_red(grid_city: Path, max_wait_s: float | None):
-    """With switching by pressure disabled (an enormous change cost) only the guard
+    """With switching by demand disabled (no phase's demand is ever enough) only the guard
     changes phases; the longest stop the simulator measures must stay within the limit,
     and without the guard it does not (so the test can fail)."""
     from urbanbrain.control.brain import BrainController, BrainSettings
@@ -134,7 +134,7 @@ def test_starvation_guard_bounds_the_wait_at_red(grid_city: Path, max_wait_s: fl
     scenario = load_scenario(grid_city)
     network = read_network(scenario.net_file)
     session = CitySession(scenario, network, "brain", horizon_s=400)
-    settings = BrainSettings(switch_cost_veh=1e9, max_wait_s=max_wait_s or 1e9)
+    settings = BrainSettings(min_demand_veh=1e9, max_wait_s=max_wait_s or 1e9)
     session.brain.controller = session.controller = BrainController(network, settings)
     session.start()
     while not session.done:

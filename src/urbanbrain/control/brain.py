@@ -39,6 +39,12 @@ class BrainSettings:
     full_fraction: float = 0.85  # an out-lane this full is treated as blocked
     moving_weight: float = 0.0  # weight of moving (not yet queued) vehicles against queued ones
     downstream_weight: float = 0.0  # weight of the vehicles already on a movement's out-lanes (see below)
+    min_demand_veh: float = 0.5  # a phase with less waiting is not worth a change
+    headway_s: float = 2.0  # saturation headway per lane
+    approach_s: float = 6.0  # time for a vehicle at the advance loop to reach the stop line
+    rule: str = "pressure"
+    lost_weight: float = 0.0
+    stall_s: float = 6.0  # a queue whose head stands this long at green is not served by that green
 
 
 @dataclass
@@ -78,6 +84,8 @@ class BrainController:
                     controlled.setdefault(movement.in_lane, set()).add(movement.signal_group)
             self._controlled[intersection.id] = {lane: tuple(groups) for lane, groups in controlled.items()}
         self._red_since: dict[str, float] = {}
+        self._green_since: dict[str, float] = {}
+        self._stalled: set[str] = set()
         self._guarding: dict[str, int] = {}  # intersection -> phase the guard has ordered
         self._change_s = {i.id: i.clearance.total_s for i in self.network.intersections.values()}
 
@@ -91,7 +99,8 @@ class BrainController:
             if signal.phase is None:
                 continue
             decision = self._guard(intersection_id, phases, signal.phase, state, now)
-            if decision is None and signal.time_in_phase_s >= self.settings.min_green_s:
+            pending_guard = intersection_id in self._guarding  # an ordered guard change is not overridden
+            if decision is None and not pending_guard and signal.time_in_phase_s >= self.settings.min_green_s:
                 decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
             if decision is not None:
                 decisions.append(decision)
@@ -120,16 +129,32 @@ class BrainController:
 
     def _track_waits(self, intersection_id: str, signal_state: str, state: CityState, now: float) -> None:
         for lane, groups in self._controlled[intersection_id].items():
-            served = any(signal_state[group] in GREEN_CHARS for group in groups)
-            if served or state.lanes.get(lane) is None or state.lanes[lane].queue < 0.5:
+            green = any(signal_state[group] in GREEN_CHARS for group in groups)
+            if green:
+                self._green_since.setdefault(lane, now)
+            else:
+                self._green_since.pop(lane, None)
+            lane_state = state.lanes.get(lane)
+            stalled = (green and lane_state is not None
+                       and min(now - self._green_since[lane], lane_state.head_standing_s) >= self.settings.stall_s)
+            if stalled:
+                self._stalled.add(lane)
+            else:
+                self._stalled.discard(lane)
+            served = green and not stalled
+            if served or lane_state is None or lane_state.queue < 0.5:
                 self._red_since.pop(lane, None)
             else:
-                self._red_since.setdefault(lane, now)
+                self._red_since.setdefault(lane, now - (lane_state.head_standing_s if stalled else 0.0))
 
-    def weights(self, intersection_id: str, state: CityState) -> dict[int, float]:
-        result = {}
+    def weights(self, intersection_id: str, state: CityState, current: int | None = None) -> dict[int, float]:
+        return {index: sum(lanes.values()) for index, lanes in enumerate(self._demands(intersection_id, state, current))}
+
+    def _demands(self, intersection_id: str, state: CityState, current: int | None) -> list[dict[str, float]]:
+        """Per phase, the vehicles each of its lanes would send across the stop line."""
+        result = []
         for index, links in enumerate(self._phases[intersection_id]):
-            weight = 0.0
+            lanes = {}
             for lane in links.lanes:
                 lane_state = state.lanes.get(lane)
                 if lane_state is None:
@@ -139,17 +164,46 @@ class BrainController:
                 outs = links.outs[lane]
                 downstream = sum(state.vehicles(o) for o in outs) / len(outs)
                 blocked = all(state.vehicles(o) >= self.settings.full_fraction * self._capacity[o] for o in outs)
-                if not blocked:
-                    weight += max(0.0, demand - self.settings.downstream_weight * downstream)
-            result[index] = weight
+                if not blocked and not (index == current and lane in self._stalled):
+                    lanes[lane] = max(0.0, demand - self.settings.downstream_weight * downstream)
+            result.append(lanes)
         return result
+
+    def _service_s(self, links: _PhaseLinks, state: CityState) -> float:
+        longest = max((state.lanes[lane].queue for lane in links.lanes if lane in state.lanes), default=0.0)
+        return max(self.settings.min_green_s, longest * self.settings.headway_s)
 
     def _decide_one(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
                     now: float) -> PhaseDecision | None:
-        weights = self.weights(intersection_id, state)
-        best = max(weights, key=lambda k: (weights[k], k == current))
-        if best == current or weights[best] <= weights[current] + self.settings.switch_cost_veh:
+        demands = self._demands(intersection_id, state, current)
+        weights = {index: sum(lanes.values()) for index, lanes in enumerate(demands)}
+        others = {k: w for k, w in weights.items() if k != current}
+        if not others:
             return None
+        best = max(others, key=lambda k: others[k])
+        if weights[best] < self.settings.min_demand_veh:
+            return None
+        if weights[current] >= 0.5:
+            if self.settings.rule == "pressure":
+                lanes = sum(1 for q in demands[current].values() if q >= 0.5)
+                lost = self.settings.lost_weight * lanes * self._change_s[intersection_id] / self.settings.headway_s
+                if weights[best] <= weights[current] + self.settings.switch_cost_veh + lost:
+                    return None
+            else:
+                change = 2 * self._change_s[intersection_id]
+                h = self.settings.headway_s
+                w_c = max(demands[current].values()) * h
+                w_j = max(self.settings.min_green_s, max(demands[best].values()) * h)
+                if weights[best] * w_c <= weights[current] * (w_j + change):
+                    return None
+        else:
+            links = phases[current]
+            coming = sum(state.lanes[lane].approaching for lane in links.lanes if lane in state.lanes)
+            if coming >= 0.5:
+                hold_s = self.settings.approach_s + (coming - 1) * self.settings.headway_s
+                red_s = self._service_s(phases[best], state) + 2 * self._change_s[intersection_id]
+                if weights[best] * hold_s <= coming * red_s:
+                    return None
         return PhaseDecision(intersection_id, best, self.settings.min_green_s,
                              f"switch {current} -> {best}: weight {weights[best]:.1f} > {weights[current]:.1f} "
                              f"+ change cost {self.settings.switch_cost_veh:g}", weights)

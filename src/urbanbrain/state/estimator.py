@@ -222,6 +222,8 @@ class SensorEstimator:
             elif reading.position == "stopline":
                 lane.balance -= reading.count
                 lane.stop_occupancy = reading.occupancy
+                held = reading.occupancy >= STANDING_OCCUPANCY and reading.count == 0
+                lane.state.head_standing_s = lane.state.head_standing_s + dt if held else 0.0
                 if reading.count:
                     lane.last_departure = now
                 if reading.occupancy > 0:
@@ -300,6 +302,7 @@ class SensorEstimator:
         if lane.advance_standing_s >= STANDING_S:
             queue += approach.upstream * share
         lane.state.queue = queue
+        lane.state.approaching = min(near, float(moving))
 
 
 def _shares(lanes: list[_Lane]) -> list[float]:

@@ -17,6 +17,8 @@ from urbanbrain.network.model import Network
 class LaneState:
     vehicles: float = 0.0  # vehicles on the lane (approach lanes: counted by its loops)
     queue: float = 0.0  # of which standing in the queue
+    approaching: float = 0.0  # moving vehicles near the stop line (advance loop onwards): they reach it within seconds
+    head_standing_s: float = 0.0  # how long a vehicle has stood at the stop line without leaving
     flow_vph: float = 0.0  # discharge at the stop line, vehicles per hour
     mean_speed_ms: float | None = None  # at the stop line, from camera passages
     arrivals: float = 0.0  # vehicles entering the link in the last minute

@@ -10,10 +10,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from urbanbrain.core.bus import EventBus
+from urbanbrain.devices.inventory import DeviceLayout
 from urbanbrain.devices.protocol import ControllerState
 from urbanbrain.network.model import Network
 from urbanbrain.state.model import CityState, LaneState, signal_status
 
+HALTING_SPEED_MS = 0.1  # SUMO's own threshold for a halting vehicle
 ORACLE_LABEL = "oracle (research only: reads the simulator)"
 
 
@@ -29,6 +31,9 @@ class OracleObserver:
         self._feeders = [(a.lanes, a.feeders) for i in network.intersections.values() for a in i.approaches if a.feeders]
         for lane in self._lanes:
             self.state.lanes[lane] = LaneState()
+        # "approaching" means what an advance loop would tell: moving within its distance of the stop line
+        reach = DeviceLayout().advance_before_stopline_m
+        self._near_from = {lane: network.lanes[lane].length_m - reach for lane in self._lanes}
         bus.subscribe("controller", self.on_controller)
 
     def on_controller(self, event: ControllerState) -> None:
@@ -43,6 +48,11 @@ class OracleObserver:
             lane.vehicles = float(lane_api.getLastStepVehicleNumber(lane_id))
             lane.queue = float(lane_api.getLastStepHaltingNumber(lane_id))
             lane.mean_speed_ms = lane_api.getLastStepMeanSpeed(lane_id)
+            vehicles = lane_api.getLastStepVehicleIDs(lane_id) if lane.vehicles else ()
+            lane.head_standing_s = self.sumo.vehicle.getWaitingTime(vehicles[-1]) if lane.queue else 0.0
+            near = self._near_from[lane_id]
+            lane.approaching = float(sum(1 for v in vehicles if self.sumo.vehicle.getLanePosition(v) >= near
+                                         and self.sumo.vehicle.getSpeed(v) >= HALTING_SPEED_MS))
         for lanes, feeders in self._feeders:
             standing = sum(self.sumo.edge.getLastStepHaltingNumber(edge) for edge in feeders)
             for lane_id in lanes:
