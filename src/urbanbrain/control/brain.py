@@ -1,23 +1,28 @@
-"""The brain's signal controller — first steps of issue 3; it does not yet beat the
-best peer on every city (docs/benchmarks.md has the measured standing).
+"""The brain's signal controller (issue 3, in progress: docs/benchmarks.md has the
+measured standing against the best peer of each city).
 
-Each intersection decides every second (not on a fixed 10 s beat) which green
-serves the network best, from what the device path can tell:
+Each intersection decides every second (not on a fixed beat) which green serves the
+network best, from what the device path can tell:
 
-- a phase's weight is the queue it serves: queued vehicles on each in-lane and on
-  the feeder roads behind it (once per lane, however many turns it feeds; moving ones
-  weighted by `moving_weight`), less `downstream_weight` times the vehicles already
-  on its out-lanes; a movement whose out-lanes are nearly full gets no weight,
-  because feeding a link about to spill back only blocks the junction upstream.
-  Measured, that blocking rule does better than subtracting out-lane counts
-  (max-pressure's term), so the default weight of those counts is 0;
-- the current green is kept while it serves more than any other phase would after
-  paying the change interval (hysteresis), so greens are as long as their queues need
-  and no longer (it gaps out when its demand is gone);
+- a phase's weight is the queue it serves: vehicles standing on each in-lane and on
+  the feeder roads behind it (once per lane, however many turns it feeds); a movement
+  whose out-lanes are nearly full gets no weight, because feeding a link about to
+  spill back only blocks the junction upstream (measured, that blocking rule does
+  better than max-pressure's subtraction of out-lane counts, whose weight is 0);
+- while the current green still discharges a queue, a change must gain more than a
+  hysteresis plus the vehicles this green would have sent across during the change
+  interval (so saturated approaches get long greens, not a change every few seconds);
+- once its queue is cleared, the green gives way to any waiting demand, unless the
+  vehicles the advance loops see arriving on it would lose more, waiting out the red
+  a change causes, than the waiting vehicles gain (a gap-out that weighs both sides);
+- a queue whose head stands at green (a turner yielding, an exit blocked) is not
+  served by that green, so its protected phase gets the weight and the guard counts
+  its wait; leaving a green with held-up permissive turns goes first through the
+  phase that protects them, as the intersection's own program does;
 - starvation guard: a lane with demand that has waited at red longer than the limit
-  puts its phase first, whatever the pressures say.
+  puts its phase first, whatever the queues say.
 
-Every decision records the weights compared and the alternative rejected.
+Every change records the quantities compared and the alternative rejected.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from urbanbrain.control.base import PhaseDecision
-from urbanbrain.network.model import GREEN_CHARS, Network
+from urbanbrain.network.model import GREEN_CHARS, Intersection, Network
 from urbanbrain.state.estimator import JAM_SPACING_M
 from urbanbrain.state.model import CityState
 
@@ -42,8 +47,7 @@ class BrainSettings:
     min_demand_veh: float = 0.5  # a phase with less waiting is not worth a change
     headway_s: float = 2.0  # saturation headway per lane
     approach_s: float = 6.0  # time for a vehicle at the advance loop to reach the stop line
-    rule: str = "pressure"
-    lost_weight: float = 0.0
+    lost_weight: float = 1.0  # weight of the vehicles a discharging green loses to a change interval
     stall_s: float = 6.0  # a queue whose head stands this long at green is not served by that green
 
 
@@ -51,6 +55,19 @@ class BrainSettings:
 class _PhaseLinks:
     lanes: tuple[str, ...]  # in-lanes given green
     outs: dict[str, tuple[str, ...]]  # in-lane -> its out-lanes in this phase
+
+
+def _clearing(intersection: Intersection, index: int, always: frozenset[int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """For one phase: the in-lanes of its permissive (yielding, 'g') movements, and the
+    phases that give all of those movements protected green ('G')."""
+    phase = intersection.phases[index]
+    yielding = {i for i, c in enumerate(phase.state) if c == "g"} - always
+    if not yielding:
+        return (), ()
+    lanes = tuple(sorted({m.in_lane for m in intersection.movements if m.signal_group in yielding}))
+    clearing = tuple(p.index for p in intersection.phases
+                     if p.index != index and all(p.state[i] == "G" for i in yielding))
+    return lanes, clearing
 
 
 @dataclass
@@ -62,6 +79,7 @@ class BrainController:
 
     def __post_init__(self) -> None:
         self._phases: dict[str, list[_PhaseLinks]] = {}
+        self._clearing: dict[str, list[tuple[tuple[str, ...], tuple[int, ...]]]] = {}  # per phase, see _clearing
         self._controlled: dict[str, dict[str, tuple[int, ...]]] = {}  # lane -> its signal groups not always green
         self._capacity: dict[str, float] = {
             lane.id: max(1.0, lane.length_m / JAM_SPACING_M) for lane in self.network.lanes.values()
@@ -78,6 +96,7 @@ class BrainController:
                         outs.setdefault(movement.in_lane, []).append(movement.out_lane)
                 phases.append(_PhaseLinks(tuple(outs), {k: tuple(v) for k, v in outs.items()}))
             self._phases[intersection.id] = phases
+            self._clearing[intersection.id] = [_clearing(intersection, phase.index, always) for phase in intersection.phases]
             controlled: dict[str, set[int]] = {}
             for movement in intersection.movements:
                 if movement.signal_group not in always:
@@ -103,8 +122,27 @@ class BrainController:
             if decision is None and not pending_guard and signal.time_in_phase_s >= self.settings.min_green_s:
                 decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
             if decision is not None:
-                decisions.append(decision)
+                routed = self._via_clearing(intersection_id, signal.phase, decision, state)
+                if routed is not decision and self._guarding.get(intersection_id) == decision.phase:
+                    self._guarding[intersection_id] = routed.phase  # the guard orders its phase again from there
+                decisions.append(routed)
         return decisions
+
+    def _via_clearing(self, intersection_id: str, current: int, decision: PhaseDecision,
+                      state: CityState) -> PhaseDecision:
+        """Leaving a green with permissive (yielding) turns for one that lets their foes go
+        would strand the turners already waiting inside the junction: go first through
+        the phase that protects those turns, as the intersection's own program does."""
+        lanes, clearing = self._clearing[intersection_id][current]
+        if not clearing or decision.phase in clearing:
+            return decision
+        if not any(lane in self._stalled for lane in lanes):
+            return decision  # no turner is held up: nobody is waiting inside the junction
+        weights = self.weights(intersection_id, state)
+        via = max(clearing, key=lambda k: weights[k])
+        return PhaseDecision(intersection_id, via, self.settings.min_green_s,
+                             f"{decision.reason}; first via phase {via}, which protects the turns yielding "
+                             f"in phase {current} (a turner there is held up)", decision.scores)
 
     def _guard(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
                now: float) -> PhaseDecision | None:
@@ -183,27 +221,26 @@ class BrainController:
         best = max(others, key=lambda k: others[k])
         if weights[best] < self.settings.min_demand_veh:
             return None
+        change_s = self._change_s[intersection_id]
         if weights[current] >= 0.5:
-            if self.settings.rule == "pressure":
-                lanes = sum(1 for q in demands[current].values() if q >= 0.5)
-                lost = self.settings.lost_weight * lanes * self._change_s[intersection_id] / self.settings.headway_s
-                if weights[best] <= weights[current] + self.settings.switch_cost_veh + lost:
-                    return None
-            else:
-                change = 2 * self._change_s[intersection_id]
-                h = self.settings.headway_s
-                w_c = max(demands[current].values()) * h
-                w_j = max(self.settings.min_green_s, max(demands[best].values()) * h)
-                if weights[best] * w_c <= weights[current] * (w_j + change):
-                    return None
+            # Still discharging a queue: a change must gain more than the hysteresis plus
+            # what this green would have sent across during the change interval.
+            lanes = sum(1 for queue in demands[current].values() if queue >= 0.5)
+            cost = self.settings.switch_cost_veh + self.settings.lost_weight * lanes * change_s / self.settings.headway_s
+            if weights[best] <= weights[current] + cost:
+                return None
+            reason = (f"switch {current} -> {best}: queue {weights[best]:.1f} veh > {weights[current]:.1f} "
+                      f"+ change cost {cost:.1f}")
         else:
-            links = phases[current]
-            coming = sum(state.lanes[lane].approaching for lane in links.lanes if lane in state.lanes)
+            # Queue cleared: give way unless the vehicles about to arrive on this green
+            # would lose more, waiting out the red a change causes, than the waiting gain.
+            coming = sum(state.lanes[lane].approaching for lane in phases[current].lanes if lane in state.lanes)
+            reason = f"switch {current} -> {best}: queue cleared, {weights[best]:.1f} veh waiting"
             if coming >= 0.5:
                 hold_s = self.settings.approach_s + (coming - 1) * self.settings.headway_s
-                red_s = self._service_s(phases[best], state) + 2 * self._change_s[intersection_id]
+                red_s = self._service_s(phases[best], state) + 2 * change_s
                 if weights[best] * hold_s <= coming * red_s:
                     return None
-        return PhaseDecision(intersection_id, best, self.settings.min_green_s,
-                             f"switch {current} -> {best}: weight {weights[best]:.1f} > {weights[current]:.1f} "
-                             f"+ change cost {self.settings.switch_cost_veh:g}", weights)
+                reason += (f" x {hold_s:.0f} s to let {coming:.1f} arriving veh pass > "
+                           f"{coming:.1f} x {red_s:.0f} s of red for them")
+        return PhaseDecision(intersection_id, best, self.settings.min_green_s, reason, weights)
