@@ -1,0 +1,69 @@
+"""The brain's decision rules on hand-made states of the generated 2x2 grid (intersection
+A0: phase 0 serves the A1/bottom approaches, phase 1 the B0/left ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import scenario_cfg
+
+from urbanbrain.control.brain import BrainController
+from urbanbrain.network import read_network
+from urbanbrain.state.model import CityState, LaneState, SignalStatus
+from urbanbrain.twin.scenario import load_scenario
+
+
+def _state(now: float, time_in_phase_s: float, lanes: dict[str, LaneState]) -> CityState:
+    state = CityState(source="sensors", time=now, lanes=lanes)
+    state.signals["A0"] = SignalStatus("GGGgrrrrGGGgrrrr", 0, time_in_phase_s, "remote", now)
+    return state
+
+
+def _a0(decisions):
+    return [d for d in decisions if d.intersection == "A0"]
+
+
+def test_a_cleared_green_gives_way_to_one_waiting_vehicle(grid_net: Path):
+    brain = BrainController(read_network(grid_net))
+    decisions = _a0(brain.decide(_state(100.0, 20.0, {"B0A0_0": LaneState(vehicles=1, queue=1)}), 100.0))
+    assert [d.phase for d in decisions] == [1]
+    assert "queue cleared" in decisions[0].reason
+
+
+def test_vehicles_arriving_on_the_green_hold_it_against_one_waiting(grid_net: Path):
+    brain = BrainController(read_network(grid_net))
+    lanes = {"B0A0_0": LaneState(vehicles=1, queue=1), "A1A0_0": LaneState(vehicles=3, approaching=3)}
+    assert _a0(brain.decide(_state(100.0, 20.0, lanes), 100.0)) == []
+    lanes["B0A0_1"] = LaneState(vehicles=12, queue=12)  # now the waiting side outweighs them
+    assert [d.phase for d in _a0(brain.decide(_state(101.0, 21.0, lanes), 101.0))] == [1]
+
+
+def test_a_queue_whose_head_stands_at_green_is_not_served_by_it(grid_net: Path):
+    """Five vehicles behind a head that does not move at green (a yielding turner) must not
+    hold the green against three waiting at red; a moving queue of five does."""
+    network = read_network(grid_net)
+    for head_standing_s, expected in ((0.0, []), (20.0, [1])):
+        brain = BrainController(network)
+        lanes = {"A1A0_1": LaneState(vehicles=5, queue=5, head_standing_s=head_standing_s),
+                 "B0A0_0": LaneState(vehicles=3, queue=3)}
+        brain.decide(_state(100.0, 12.0, lanes), 100.0)
+        decisions = _a0(brain.decide(_state(110.0, 22.0, lanes), 110.0))
+        assert [d.phase for d in decisions] == expected
+
+
+def test_leaving_held_up_permissive_turns_goes_through_their_protected_phase():
+    """cologne3's junction GS_cluster: phase 0 lets lefts turn yielding ('g'), phase 1
+    protects them, phase 2 serves the cross street. Changing straight from 0 to 2 while
+    a turner is held up strands it inside the junction (measured: a deadlock)."""
+    network = read_network(load_scenario(scenario_cfg("cologne3")).net_file)
+    junction = "GS_cluster_2415878664_254486231_359566_359576"
+    phases = network.intersections[junction].phases
+    for head_standing_s, expected in ((0.0, 2), (20.0, 1)):
+        brain = BrainController(network)
+        lanes = {"-241660955#3_1": LaneState(vehicles=1, queue=1, head_standing_s=head_standing_s),
+                 "241660957#0_0": LaneState(vehicles=15, queue=15)}
+        state = CityState(source="sensors", time=100.0, lanes=lanes)
+        for now in (100.0, 110.0):
+            state.signals[junction] = SignalStatus(phases[0].state, 0, now - 80.0, "remote", now)
+            decisions = [d for d in brain.decide(state, now) if d.intersection == junction]
+        assert [d.phase for d in decisions] == [expected]
