@@ -67,3 +67,36 @@ def test_leaving_held_up_permissive_turns_goes_through_their_protected_phase():
             state.signals[junction] = SignalStatus(phases[0].state, 0, now - 80.0, "remote", now)
             decisions = [d for d in brain.decide(state, now) if d.intersection == junction]
         assert [d.phase for d in decisions] == [expected]
+
+
+def test_a_new_green_lasts_as_long_as_its_queue_needs(grid_net: Path):
+    """Variable initial: the minimum green ordered with a change grows with the queue
+    waiting for it (start-up + headway per vehicle), within [min_green_s, max_initial_s],
+    and the brain does not reconsider before it has run out."""
+    network = read_network(grid_net)
+    settings = BrainController(network).settings
+    for queue, expected in ((1, settings.min_green_s), (6, settings.startup_s + 6 * settings.headway_s),
+                            (30, settings.max_initial_s)):
+        brain = BrainController(network)
+        lanes = {"B0A0_0": LaneState(vehicles=queue, queue=queue)}
+        decisions = _a0(brain.decide(_state(100.0, 20.0, lanes), 100.0))
+        assert [(d.phase, d.min_green_s) for d in decisions] == [(1, expected)]
+    # Back at phase 0 with 30 waiting at phase 1's red, only after 20 s of the ordered green
+    # phase 1 may be left; before that, nothing is decided.
+    lanes = {"A1A0_0": LaneState(vehicles=30, queue=30)}
+    state = _state(130.0, settings.max_initial_s - 1, lanes)
+    state.signals["A0"] = SignalStatus("rrrrGGGgrrrrGGGg", 1, settings.max_initial_s - 1, "remote", 130.0)
+    assert _a0(brain.decide(state, 130.0)) == []
+    state.signals["A0"] = SignalStatus("rrrrGGGgrrrrGGGg", 1, settings.max_initial_s, "remote", 131.0)
+    assert [d.phase for d in _a0(brain.decide(state, 131.0))] == [0]
+
+
+def test_a_queue_that_fills_its_lane_weighs_more_than_its_count(grid_net: Path):
+    """Detectors see a full lane's queue only up to the lane's end; its tail reaches
+    further (upstream junction, network edge), so it is weighed (1 + spill_weight)."""
+    brain = BrainController(read_network(grid_net))
+    capacity = brain._capacity["B0A0_0"]
+    state = _state(100.0, 20.0, {"B0A0_0": LaneState(vehicles=capacity, queue=capacity)})
+    assert brain.weights("A0", state)[1] == capacity * (1 + brain.settings.spill_weight)
+    state = _state(100.0, 20.0, {"B0A0_0": LaneState(vehicles=capacity / 2, queue=capacity / 2)})
+    assert brain.weights("A0", state)[1] == capacity / 2

@@ -5,7 +5,9 @@ Each intersection decides every second (not on a fixed beat) which green serves 
 network best, from what the device path can tell:
 
 - a phase's weight is the queue it serves: vehicles standing on each in-lane and on
-  the feeder roads behind it (once per lane, however many turns it feeds); a movement
+  the feeder roads behind it (once per lane, however many turns it feeds), counted
+  double where the queue fills its lane, since detectors cannot see how far it reaches
+  beyond (into the junction upstream, or out of the network); a movement
   whose out-lanes are nearly full gets no weight, because feeding a link about to
   spill back only blocks the junction upstream (measured, that blocking rule does
   better than max-pressure's subtraction of out-lane counts, whose weight is 0);
@@ -19,6 +21,10 @@ network best, from what the device path can tell:
   served by that green, so its protected phase gets the weight and the guard counts
   its wait; leaving a green with held-up permissive turns goes first through the
   phase that protects them, as the intersection's own program does;
+- a new green lasts at least as long as the queue waiting for it needs to start and
+  cross (start-up plus a saturation headway per vehicle of its longest lane, between
+  the minimum green and `max_initial_s`: traffic engineers' "variable initial"), so a
+  long queue is not cut off by a short one that builds up behind the change;
 - starvation guard: a lane with demand that has waited at red longer than the limit
   puts its phase first, whatever the queues say.
 
@@ -37,7 +43,9 @@ from urbanbrain.state.model import CityState
 
 @dataclass(frozen=True)
 class BrainSettings:
-    min_green_s: float = 10.0
+    min_green_s: float = 6.0
+    max_initial_s: float = 20.0  # a new green lasts at least as long as its queue needs, up to this
+    startup_s: float = 2.0  # start-up lost time of a queue at green
     max_wait_s: float = 120.0  # starvation guard: longest wait at red with demand
     guard_margin_s: float = 5.0  # on top of the worst-case time to serve a waiting lane (see _guard)
     switch_cost_veh: float = 2.0  # hysteresis: vehicles of pressure a change must gain
@@ -49,6 +57,7 @@ class BrainSettings:
     approach_s: float = 6.0  # time for a vehicle at the advance loop to reach the stop line
     lost_weight: float = 1.0  # weight of the vehicles a discharging green loses to a change interval
     stall_s: float = 6.0  # a queue whose head stands this long at green is not served by that green
+    spill_weight: float = 1.0  # extra weight, per vehicle, of a queue that fills its lane (see _demands)
 
 
 @dataclass
@@ -106,6 +115,7 @@ class BrainController:
         self._green_since: dict[str, float] = {}
         self._stalled: set[str] = set()
         self._guarding: dict[str, int] = {}  # intersection -> phase the guard has ordered
+        self._initial: dict[str, float] = {}  # intersection -> minimum green of the green last ordered
         self._change_s = {i.id: i.clearance.total_s for i in self.network.intersections.values()}
 
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
@@ -119,13 +129,15 @@ class BrainController:
                 continue
             decision = self._guard(intersection_id, phases, signal.phase, state, now)
             pending_guard = intersection_id in self._guarding  # an ordered guard change is not overridden
-            if decision is None and not pending_guard and signal.time_in_phase_s >= self.settings.min_green_s:
+            floor = self._initial.get(intersection_id, self.settings.min_green_s)
+            if decision is None and not pending_guard and signal.time_in_phase_s >= floor:
                 decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
             if decision is not None:
                 routed = self._via_clearing(intersection_id, signal.phase, decision, state)
                 if routed is not decision and self._guarding.get(intersection_id) == decision.phase:
                     self._guarding[intersection_id] = routed.phase  # the guard orders its phase again from there
                 decisions.append(routed)
+                self._initial[intersection_id] = routed.min_green_s
         return decisions
 
     def _via_clearing(self, intersection_id: str, current: int, decision: PhaseDecision,
@@ -151,7 +163,7 @@ class BrainController:
         (that phase's minimum green and two change intervals), before the lane gets green."""
         if self._guarding.get(intersection_id) == current:
             del self._guarding[intersection_id]
-        lead = self.settings.min_green_s + 2 * self._change_s[intersection_id] + self.settings.guard_margin_s
+        lead = max(self.settings.min_green_s, self.settings.max_initial_s) + 2 * self._change_s[intersection_id] + self.settings.guard_margin_s
         waiting = [lane for lane in self._controlled[intersection_id]
                    if now - self._red_since.get(lane, now) >= self.settings.max_wait_s - lead]
         if not waiting:
@@ -161,7 +173,7 @@ class BrainController:
         if target == current or self._guarding.get(intersection_id) == target:
             return None  # served now, or the change is already ordered (the safety layer may defer it)
         self._guarding[intersection_id] = target
-        return PhaseDecision(intersection_id, target, self.settings.min_green_s,
+        return PhaseDecision(intersection_id, target, self._initial_s(intersection_id, target, state),
                              f"starvation guard: {oldest} has waited {now - self._red_since[oldest]:.0f} s at red "
                              f"(limit {self.settings.max_wait_s:g} s)", self.weights(intersection_id, state))
 
@@ -199,6 +211,8 @@ class BrainController:
                     continue
                 demand = (lane_state.queue + lane_state.upstream_queue
                           + self.settings.moving_weight * max(0.0, lane_state.vehicles - lane_state.queue))
+                if lane_state.queue >= self.settings.full_fraction * self._capacity[lane]:
+                    demand *= 1.0 + self.settings.spill_weight  # the tail is out of sight
                 outs = links.outs[lane]
                 downstream = sum(state.vehicles(o) for o in outs) / len(outs)
                 blocked = all(state.vehicles(o) >= self.settings.full_fraction * self._capacity[o] for o in outs)
@@ -243,4 +257,14 @@ class BrainController:
                     return None
                 reason += (f" x {hold_s:.0f} s to let {coming:.1f} arriving veh pass > "
                            f"{coming:.1f} x {red_s:.0f} s of red for them")
-        return PhaseDecision(intersection_id, best, self.settings.min_green_s, reason, weights)
+        return PhaseDecision(intersection_id, best, self._initial_s(intersection_id, best, state), reason, weights)
+
+    def _initial_s(self, intersection_id: str, phase: int, state: CityState) -> float:
+        """Minimum green of a phase about to start: long enough for the queue now waiting
+        (start-up plus a saturation headway per vehicle of its longest lane), between the
+        minimum green and `max_initial_s` (traffic engineers' "variable initial")."""
+        if self.settings.max_initial_s <= self.settings.min_green_s:
+            return self.settings.min_green_s
+        demands = self._demands(intersection_id, state, None)[phase]
+        need = self.settings.startup_s + self.settings.headway_s * max(demands.values(), default=0.0)
+        return min(self.settings.max_initial_s, max(self.settings.min_green_s, need))
