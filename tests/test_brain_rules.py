@@ -20,7 +20,8 @@ def _state(now: float, time_in_phase_s: float, lanes: dict[str, LaneState]) -> C
 
 
 def _a0(decisions):
-    return [d for d in decisions if d.intersection == "A0"]
+    """A0's commanded decisions (explained decisions to keep a green send nothing)."""
+    return [d for d in decisions if d.intersection == "A0" and not d.keep]
 
 
 def test_a_cleared_green_gives_way_to_one_waiting_vehicle(grid_net: Path):
@@ -33,7 +34,10 @@ def test_a_cleared_green_gives_way_to_one_waiting_vehicle(grid_net: Path):
 def test_vehicles_arriving_on_the_green_hold_it_against_one_waiting(grid_net: Path):
     brain = BrainController(read_network(grid_net))
     lanes = {"B0A0_0": LaneState(vehicles=1, queue=1), "A1A0_0": LaneState(vehicles=3, approaching=3)}
-    assert _a0(brain.decide(_state(100.0, 20.0, lanes), 100.0)) == []
+    decisions = brain.decide(_state(100.0, 20.0, lanes), 100.0)
+    assert _a0(decisions) == []
+    kept = [d for d in decisions if d.intersection == "A0" and d.keep]
+    assert [d.phase for d in kept] == [0] and "3.0 arriving veh" in kept[0].reason, "the hold is explained"
     lanes["B0A0_1"] = LaneState(vehicles=12, queue=12)  # now the waiting side outweighs them
     assert [d.phase for d in _a0(brain.decide(_state(101.0, 21.0, lanes), 101.0))] == [1]
 

@@ -122,6 +122,10 @@ def test_brain_controller_runs_safely_and_explains_switches(grid_city: Path):
     assert result.safety.get("violation", 0) == 0
     assert explained and all(e["reason"] and e["scores"] for e in explained)
     assert all(e["outcome"] == "switched" for e in explained if e["reason"].startswith("switch")), "the safety layer let every switch through"
+    kept = [e for e in explained if e["keep"]]
+    assert kept and all(e["outcome"] == "kept" and e["reason"].startswith(f"keep {e['phase']}") for e in kept), \
+        "decisions to keep a green against waiting traffic are explained too"
+    assert result.commands <= len(explained) - len(kept) + result.safety.get("forced", 0), "a keep sends no command"
 
 
 @pytest.mark.parametrize("max_wait_s", [60.0, None])

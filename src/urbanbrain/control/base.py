@@ -24,6 +24,7 @@ class PhaseDecision:
     min_green_s: float
     reason: str
     scores: dict[int, float] = field(default_factory=dict)
+    keep: bool = False  # a considered change rejected: explained, but no command is sent
 
 
 class Controller(Protocol):

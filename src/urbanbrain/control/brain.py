@@ -28,7 +28,9 @@ network best, from what the device path can tell:
 - starvation guard: a lane with demand that has waited at red longer than the limit
   puts its phase first, whatever the queues say.
 
-Every change records the quantities compared and the alternative rejected.
+Every change records the quantities compared and the alternative rejected; so does
+every decision to keep a green against a waiting alternative (a `keep` decision: it is
+explained, and no command is sent).
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ class BrainController:
             floor = self._initial.get(intersection_id, self.settings.min_green_s)
             if decision is None and not pending_guard and signal.time_in_phase_s >= floor:
                 decision = self._decide_one(intersection_id, phases, signal.phase, state, now)
-            if decision is not None:
+            if decision is not None and decision.keep:
+                decisions.append(decision)
+            elif decision is not None:
                 routed = self._via_clearing(intersection_id, signal.phase, decision, state)
                 if routed is not decision and self._guarding.get(intersection_id) == decision.phase:
                     self._guarding[intersection_id] = routed.phase  # the guard orders its phase again from there
@@ -242,7 +246,9 @@ class BrainController:
             lanes = sum(1 for queue in demands[current].values() if queue >= 0.5)
             cost = self.settings.switch_cost_veh + self.settings.lost_weight * lanes * change_s / self.settings.headway_s
             if weights[best] <= weights[current] + cost:
-                return None
+                return PhaseDecision(intersection_id, current, 0.0,
+                                     f"keep {current}: queue {weights[current]:.1f} veh + change cost {cost:.1f} >= "
+                                     f"{weights[best]:.1f} veh waiting for {best}", weights, keep=True)
             reason = (f"switch {current} -> {best}: queue {weights[best]:.1f} veh > {weights[current]:.1f} "
                       f"+ change cost {cost:.1f}")
         else:
@@ -254,7 +260,10 @@ class BrainController:
                 hold_s = self.settings.approach_s + (coming - 1) * self.settings.headway_s
                 red_s = self._service_s(phases[best], state) + 2 * change_s
                 if weights[best] * hold_s <= coming * red_s:
-                    return None
+                    return PhaseDecision(intersection_id, current, 0.0,
+                                         f"keep {current}: {coming:.1f} arriving veh x {red_s:.0f} s of red for them >= "
+                                         f"{weights[best]:.1f} veh waiting for {best} x {hold_s:.0f} s to let them pass",
+                                         weights, keep=True)
                 reason += (f" x {hold_s:.0f} s to let {coming:.1f} arriving veh pass > "
                            f"{coming:.1f} x {red_s:.0f} s of red for them")
         return PhaseDecision(intersection_id, best, self._initial_s(intersection_id, best, state), reason, weights)

@@ -54,6 +54,9 @@ class BrainLoop:
         for command in self.safety.tick(now):
             self._send(command)
         for decision in self.controller.decide(self.state, now):
+            if decision.keep:
+                self._record(decision, now, "kept")
+                continue
             command = self.safety.command(decision.intersection, "go", decision.phase, now,
                                           min_green_s=decision.min_green_s, reason=decision.reason)
             safe = self.safety.submit(command, now)
