@@ -163,11 +163,13 @@ class BrainController:
     def _guard(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
                now: float) -> PhaseDecision | None:
         """Starvation guard. It acts early enough for the worst case: the current green
-        may still owe its minimum green, or a change to another phase may be under way
-        (that phase's minimum green and two change intervals), before the lane gets green."""
+        may still have its initial green to run, or a change to another phase may be under way
+        (that phase's initial green, up to `max_initial_s`, and two change intervals),
+        before the lane gets green."""
         if self._guarding.get(intersection_id) == current:
             del self._guarding[intersection_id]
-        lead = max(self.settings.min_green_s, self.settings.max_initial_s) + 2 * self._change_s[intersection_id] + self.settings.guard_margin_s
+        longest_green = max(self.settings.min_green_s, self.settings.max_initial_s)
+        lead = longest_green + 2 * self._change_s[intersection_id] + self.settings.guard_margin_s
         waiting = [lane for lane in self._controlled[intersection_id]
                    if now - self._red_since.get(lane, now) >= self.settings.max_wait_s - lead]
         if not waiting:
