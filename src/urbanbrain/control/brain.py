@@ -179,9 +179,11 @@ class BrainController:
         if target == current or self._guarding.get(intersection_id) == target:
             return None  # served now, or the change is already ordered (the safety layer may defer it)
         self._guarding[intersection_id] = target
-        return PhaseDecision(intersection_id, target, self._initial_s(intersection_id, target, state),
+        demands = self._demands(intersection_id, state, None)
+        return PhaseDecision(intersection_id, target, self._initial_s(demands[target]),
                              f"starvation guard: {oldest} has waited {now - self._red_since[oldest]:.0f} s at red "
-                             f"(limit {self.settings.max_wait_s:g} s)", self.weights(intersection_id, state))
+                             f"(limit {self.settings.max_wait_s:g} s)",
+                             {index: sum(lanes.values()) for index, lanes in enumerate(demands)})
 
     def _track_waits(self, intersection_id: str, signal_state: str, state: CityState, now: float) -> None:
         for lane, groups in self._controlled[intersection_id].items():
@@ -268,14 +270,12 @@ class BrainController:
                                          weights, keep=True)
                 reason += (f" x {hold_s:.0f} s to let {coming:.1f} arriving veh pass > "
                            f"{coming:.1f} x {red_s:.0f} s of red for them")
-        return PhaseDecision(intersection_id, best, self._initial_s(intersection_id, best, state), reason, weights)
+        return PhaseDecision(intersection_id, best, self._initial_s(demands[best]), reason, weights)
 
-    def _initial_s(self, intersection_id: str, phase: int, state: CityState) -> float:
-        """Minimum green of a phase about to start: long enough for the queue now waiting
-        (start-up plus a saturation headway per vehicle of its longest lane), between the
-        minimum green and `max_initial_s` (traffic engineers' "variable initial")."""
-        if self.settings.max_initial_s <= self.settings.min_green_s:
-            return self.settings.min_green_s
-        demands = self._demands(intersection_id, state, None)[phase]
+    def _initial_s(self, demands: dict[str, float]) -> float:
+        """Minimum green of a phase about to start, from its lanes' demands (`_demands`):
+        long enough for the queue now waiting (start-up plus a saturation headway per
+        vehicle of its longest lane), between the minimum green and `max_initial_s`
+        (traffic engineers' "variable initial")."""
         need = self.settings.startup_s + self.settings.headway_s * max(demands.values(), default=0.0)
-        return min(self.settings.max_initial_s, max(self.settings.min_green_s, need))
+        return max(self.settings.min_green_s, min(self.settings.max_initial_s, need))
