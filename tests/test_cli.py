@@ -40,15 +40,6 @@ def test_bad_arguments_are_named(tmp_path: Path):
     assert out.returncode == 2 and "psychic" in out.stderr
 
 
-def test_run_shows_the_live_view_and_stops_at_duration():
-    cfg = scenario_cfg("cologne3")
-    out = urbanbrain("run", "--scenario", str(cfg), "--duration", "40", "--speed", "0")
-    assert out.returncode == 0, out.stderr
-    assert "360082" in out.stdout and "controller maxpressure (sensors)" in out.stdout
-    assert "network delay" in out.stdout
-    assert "vehicles scheduled" in out.stdout
-
-
 def test_a_bench_run_does_not_depend_on_the_runs_before_it(tmp_path: Path):
     """libsumo keeps state between simulations in one process (measured: max-pressure on
     cologne1 differed after a delay_based run); bench runs each controller in its own."""

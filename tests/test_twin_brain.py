@@ -14,34 +14,6 @@ from urbanbrain.twin.scenario import load_scenario
 from urbanbrain.twin.sumo_twin import synthetic_plate
 
 
-@pytest.fixture(scope="module")
-def grid_city(tmp_path_factory, grid_net: Path) -> Path:
-    """Random trips across the 2x2 grid (SUMO's randomTrips-like demand from sumolib routes)."""
-    import random
-
-    net = read_network(grid_net)
-    entries = sorted({a.edge for i in net.intersections.values() for a in i.approaches if a.from_intersection is None})
-    import sumolib
-
-    snet = sumolib.net.readNet(str(grid_net))
-    exits = sorted(e.getID() for e in snet.getEdges() if e.getToNode().getType() == "dead_end")
-    rng = random.Random(7)
-    lines = ["<routes>"]
-    for k in range(600):
-        while True:
-            path, _ = snet.getShortestPath(snet.getEdge(rng.choice(entries)), snet.getEdge(rng.choice(exits)))
-            if path and len(path) > 1:
-                break
-        lines.append(f'<vehicle id="v{k}" depart="{k * 0.9:.1f}"><route edges="{" ".join(e.getID() for e in path)}"/></vehicle>')
-    lines.append("</routes>")
-    folder = tmp_path_factory.mktemp("city")
-    (folder / "city.rou.xml").write_text("\n".join(lines))
-    cfg = folder / "city.sumocfg"
-    cfg.write_text(f'<configuration><input><net-file value="{grid_net}"/><route-files value="city.rou.xml"/></input>'
-                   '<time><begin value="0"/></time></configuration>')
-    return cfg
-
-
 def run(cfg: Path, controller: str, observation: str = "sensors", seed: int = 1, horizon: float = 400):
     scenario = load_scenario(cfg)
     session = CitySession(scenario, read_network(scenario.net_file), controller, observation=observation, seed=seed,

@@ -1,22 +1,19 @@
-"""The `urbanbrain` command line: `run` (the brain live on a city) and `bench`."""
+"""The `urbanbrain` command line: `run` (the brain service), `twin` (a field for it), `keys`, `bench`."""
 
 from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from urbanbrain.bench import report
 from urbanbrain.bench.runner import RunSpec, run_all
-from urbanbrain.bench.session import OBSERVATIONS, CitySession
+from urbanbrain.bench.session import OBSERVATIONS
 from urbanbrain.control import CONTROLLERS
 from urbanbrain.network import read_network
 from urbanbrain.twin.scenario import load_scenario
@@ -89,68 +86,122 @@ def bench(
 @app.command()
 def run(
     scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
-    controller: Annotated[str, typer.Option(help="the controller the brain runs")] = "maxpressure",
-    duration: Annotated[float | None, typer.Option(min=1, help="stop after this many simulated seconds")] = None,
-    speed: Annotated[float, typer.Option(min=0, help="simulated seconds per real second (0: as fast as possible)")] = 1.0,
-    seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
+    controller: Annotated[str, typer.Option(help="the controller the brain runs")] = "brain",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port")] = 8000,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    data_dir: Annotated[Path | None, typer.Option(help="where the SQLite store and the admin key live (default: a per-user data directory)")] = None,
+    db: Annotated[str | None, typer.Option(help="a database URL instead of SQLite, e.g. postgresql://user:pass@host/db")] = None,
+    twin: Annotated[bool, typer.Option("--twin/--no-twin", help="play the city's devices with the SUMO twin in-process (--no-twin: real devices only)")] = True,
+    speed: Annotated[float, typer.Option(min=0, help="twin: simulated seconds per real second (0: as fast as possible)")] = 1.0,
+    duration: Annotated[float | None, typer.Option(min=1, help="twin: stop after this many simulated seconds (the service stays up)")] = None,
+    seed: Annotated[int, typer.Option(help="twin: SUMO's random seed")] = 1,
 ) -> None:
-    """The brain live on a city: the twin plays the devices, the brain controls every signal."""
+    """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
+    from urbanbrain.service.host import HostOptions, serve
+
     _controllers(controller)
+    if scenario != "demo":
+        _load(scenario)  # a bad scenario is named before the service starts
+
+    def announce(url: str, key: str | None, created: bool, where: Path) -> None:
+        console.print(f"urbanbrain brain service on [bold]{url}[/] (API docs: {url}/docs), data in {where}")
+        if key is None:
+            console.print(f"admin key: not in {where / 'admin.key'}; make one with `urbanbrain keys create NAME --role admin`")
+        else:
+            console.print(f"{'new ' if created else ''}admin key: [bold]{key}[/] (kept in {where / 'admin.key'})")
+            console.print(f"open the cockpit: [bold]{url}/#key={key}[/]")
+        console.print("Ctrl-C stops the service")
+
+    serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
+                      twin=twin, speed=speed, seed=seed, duration_s=duration), announce)
+
+
+@app.command("twin")
+def twin_field(
+    brain: Annotated[str, typer.Option(help="the brain service's URL, e.g. http://127.0.0.1:8000")],
+    key: Annotated[str, typer.Option(envvar="URBANBRAIN_KEY", help="a device key for the twin's devices (or URBANBRAIN_KEY)")],
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    speed: Annotated[float, typer.Option(min=0, help="simulated seconds per real second (0: as fast as possible)")] = 1.0,
+    duration: Annotated[float | None, typer.Option(min=1, help="stop after this many simulated seconds")] = None,
+    seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the run's KPIs (measured in SUMO) as JSON here")] = None,
+) -> None:
+    """The twin as a separate field: its devices post events to a brain over HTTP and apply its commands."""
+    from dataclasses import asdict
+
+    from urbanbrain.kpi.metrics import trip_kpis
+    from urbanbrain.service.field import TwinField, http_transport
+
     loaded, network = _load(scenario)
-    horizon = duration if duration is not None else 24 * 3600.0
-    session = CitySession(loaded, network, controller, seed=seed, horizon_s=horizon)
-    start = time.monotonic()
-    drawn = 0.0
+    with tempfile.TemporaryDirectory(prefix="urbanbrain-twin-") as tmp:
+        tripinfo = Path(tmp) / "tripinfo.xml"
+        field = TwinField(loaded, network, http_transport(brain, key), seed=seed, speed=speed, horizon_s=duration,
+                          tripinfo_path=tripinfo)
+        console.print(f"twin of {loaded.name}: its devices post to {brain}")
+        try:
+            field.run()
+        except KeyboardInterrupt:
+            console.print("stopped")
+        kpis = trip_kpis(tripinfo, field.twin.now)
+    console.print(f"{loaded.name}: {kpis.scheduled} vehicles scheduled, {kpis.throughput} arrived, "
+                  f"total delay {kpis.total_delay_s:.1f} s/veh, travel time {kpis.att_s:.1f} s (measured in SUMO)")
+    if json_path:
+        report.write_json({"scenario": loaded.name, "until_s": field.twin.now, "brain": brain, "kpis": asdict(kpis)},
+                          json_path)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the brain service (run where its data directory is).")
+app.add_typer(keys_app, name="keys")
+DataDir = Annotated[Path | None, typer.Option(help="the service's data directory (default: the per-user one)")]
+Db = Annotated[str | None, typer.Option(help="the service's database URL, if not the SQLite file in the data directory")]
+
+
+def _store(data_dir: Path | None, db: str | None):
+    from urbanbrain.service.host import default_data_dir, open_store
+
+    return open_store(data_dir or default_data_dir(), db)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="a name for the key (who or what holds it)")],
+    role: Annotated[str, typer.Option(help="device, viewer, operator or admin")] = "viewer",
+    device: Annotated[list[str] | None, typer.Option(help="device keys: a device id it may speak for (repeat; a trailing * matches a prefix)")] = None,
+    data_dir: DataDir = None,
+    db: Db = None,
+) -> None:
+    """Make a key; it is printed once and only its hash is stored."""
+    from urbanbrain.service.keys import KeyError_, create_key
+
+    store = _store(data_dir, db)
     try:
-        session.start()
-        with Live(_live_view(session), console=console, refresh_per_second=4) as live:
-            while not session.done and session.twin.sumo.simulation.getMinExpectedNumber() > 0:
-                session.step()
-                if time.monotonic() - drawn >= 0.25:
-                    live.update(_live_view(session))
-                    drawn = time.monotonic()
-                if speed > 0:
-                    lag = (session.now - loaded.begin_s) / speed - (time.monotonic() - start)
-                    if lag > 0:
-                        time.sleep(lag)
-            live.update(_live_view(session))
-    except KeyboardInterrupt:
-        console.print("stopped")
-    except BaseException:
-        session.close()
-        raise
-    result = session.finish()
-    k = result.kpis
-    console.print()
-    console.print(f"{loaded.name}: {k.scheduled} vehicles scheduled, {k.throughput} arrived, "
-                  f"total delay {k.total_delay_s:.1f} s/veh, travel time {k.att_s:.1f} s")
+        key = create_key(store, name, role, device)
+    except KeyError_ as exc:
+        raise typer.BadParameter(str(exc)) from None
+    store.add_audit("command line", "admin", "create key", name, {"role": role, "devices": device or []})
+    console.print(f"key {name} ({role}): [bold]{key}[/] — shown once, keep it safe")
 
 
-def _live_view(session: CitySession) -> Table:
-    sumo = session.twin.sumo
-    in_network = sumo.vehicle.getIDList()
-    vehicles = len(in_network)
-    delay = sum(sumo.vehicle.getTimeLoss(v) for v in in_network) / vehicles if vehicles else 0.0
-    state = session.brain.state if session.brain is not None else session.estimator.state
-    clock = time.strftime("%H:%M:%S", time.gmtime(session.now))
-    view = Table(title=f"urbanbrain — {session.scenario.name} — {clock} — {vehicles} vehicles in the network "
-                       f"— controller {session.controller.name} ({state.source})")
-    for column in ("intersection", "phase", "in phase s", "signal", "queue veh", "on approaches veh"):
-        view.add_column(column, justify="left" if column in ("intersection", "signal") else "right")
-    for intersection in session.network.intersections.values():
-        signal = state.signals.get(intersection.id)
-        lanes = [state.lanes[lane] for lane in intersection.in_lanes if lane in state.lanes]
-        view.add_row(
-            intersection.id,
-            "change" if signal is None or signal.phase is None else str(signal.phase),
-            f"{signal.time_in_phase_s:.0f}" if signal else "-",
-            signal.signal_state if signal else "-",
-            f"{sum(lane.queue for lane in lanes):.0f}",
-            f"{sum(lane.vehicles for lane in lanes):.0f}",
-        )
-    view.caption = (f"network delay: {delay:.1f} s mean time loss of the vehicles now in the network "
-                    "(measured by the twin, not seen by the brain)")
-    return view
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None, db: Db = None) -> None:
+    """The keys, their roles and devices (never the keys themselves)."""
+    from rich.table import Table
+
+    table = Table("name", "role", "starts with", "devices", "created", "revoked")
+    for key in _store(data_dir, db).keys():
+        table.add_row(key["name"], key["role"], key["prefix"] + "…", ", ".join(key["devices"]),
+                      f"{key['created_at']:%Y-%m-%d %H:%M}", f"{key['revoked_at']:%Y-%m-%d %H:%M}" if key["revoked_at"] else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")], data_dir: DataDir = None, db: Db = None) -> None:
+    """Revoke a key: it stops working at once, also for a running service."""
+    store = _store(data_dir, db)
+    if not store.revoke_key(name):
+        raise typer.BadParameter(f"no active key named {name!r}")
+    store.add_audit("command line", "admin", "revoke key", name, {})
+    console.print(f"key {name} revoked")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The brain as a service: device ingress, storage, read API, live cockpit."""

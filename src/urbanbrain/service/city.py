@@ -1,0 +1,273 @@
+"""The city as the service runs it: device events in, commands out, everything stored.
+
+One `CityRuntime` owns the brain for one network. Events from any source (HTTP
+devices, the twin in-process, the twin over HTTP) enter through `ingest`, which
+validates the whole batch, stores it (committed before anything is acknowledged),
+feeds the new events to the state estimator through the bus, and ticks the brain
+once per new second of city time. The city clock is the devices' clock: the brain
+decides at the time the field reports, so the same code runs on a twin going faster
+than real time and on a real city.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from urbanbrain.control import CONTROLLERS
+from urbanbrain.control.brain_loop import BrainLoop
+from urbanbrain.control.safety import SafetyLayer
+from urbanbrain.core.bus import EventBus
+from urbanbrain.devices.inventory import DeviceLayout, place_devices
+from urbanbrain.devices.protocol import DetectorReport, ProtocolError, SignalCommand, parse_event
+from urbanbrain.network.model import Network
+from urbanbrain.service.keys import Principal
+from urbanbrain.state.estimator import SensorEstimator
+from urbanbrain.store import Store, StoredEvent
+
+SILENT_AFTER_S = 30.0  # a device with no event for this long (city time) is flagged silent
+
+
+class BatchError(ValueError):
+    """A batch rejected as a whole; `errors` lists (item, field, reason)."""
+
+    def __init__(self, errors: list[tuple[int | None, str, str]], status: int = 422):
+        self.errors = errors
+        self.status = status
+        super().__init__("; ".join(f"item {i}: {f}: {r}" for i, f, r in errors))
+
+
+def controller_device(intersection_id: str) -> str:
+    """The device id of an intersection's signal controller (what it reports as, and commands go to)."""
+    return f"ctl_{intersection_id}"
+
+
+@dataclass
+class _Minute:
+    start: float
+    ticks: int = 0
+    vehicles: float = 0.0
+    queue: float = 0.0
+    throughput: int = 0
+    stopped_veh_s: float = 0.0
+
+
+@dataclass
+class IngestResult:
+    accepted: int
+    duplicates: int
+    city_time: float | None
+    commands: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class CityRuntime:
+    def __init__(self, network: Network, store: Store, controller: str = "brain"):
+        if controller not in CONTROLLERS:
+            raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
+        self.network = network
+        self.store = store
+        self.bus = EventBus()
+        self.stations = place_devices(network, DeviceLayout())
+        self.estimator = SensorEstimator(network, self.bus, stations=self.stations)
+        self.safety = SafetyLayer(network)
+        self.controller = CONTROLLERS[controller](network)
+        self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision)
+        self._stopline = {loop.detector_id for s in self.stations for loop in s.loops if loop.position == "stopline"}
+        self._lock = threading.RLock()
+        self._new_commands: list[SignalCommand] = []
+        self._new_decisions: list[dict[str, Any]] = []
+        self.city_time: float | None = None
+        self._last_tick: float | None = None
+        self._minute: _Minute | None = None
+        self._listeners: list[Listener] = []
+        self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received, events]
+        for device_id, kind, last_time, received, count in store.device_summary():
+            self.devices[device_id] = [kind, last_time, received, count]
+        self.modes: dict[str, str] = store.controller_modes()
+        self.bus.subscribe("signal", self._new_commands.append)
+        self.bus.subscribe("detector", self._count_throughput)
+
+    # -- ingress ---------------------------------------------------------------------
+
+    def ingest(self, raw: list[Any], principal: Principal, commands_after: int | None = None) -> IngestResult:
+        """Validate, store and act on one batch; all or nothing. Returns what was
+        accepted and, if `commands_after` is given, the commands for the principal's
+        controllers issued after that id."""
+        events = []
+        errors: list[tuple[int | None, str, str]] = []
+        for index, item in enumerate(raw):
+            try:
+                events.append(parse_event(item))
+            except ProtocolError as exc:
+                errors += [(index, f, reason) for f, reason in exc.errors]
+        if errors:
+            raise BatchError(errors)
+        foreign = [(i, "device_id", f"key {principal.name!r} may not report for device {e.device_id!r}")
+                   for i, e in enumerate(events) if not principal.may_speak_for(e.device_id)]
+        if foreign:
+            raise BatchError(foreign, status=403)
+        with self._lock:
+            fresh = self.store.append_events([StoredEvent(e.device_id, e.seq, e.kind, e.time,
+                                                          e.model_dump_json()) for e in events])
+            fresh_keys = {(e.device_id, e.seq) for e in fresh}
+            published = [e for e in events if (e.device_id, e.seq) in fresh_keys]
+            received = datetime.now(UTC)
+            for e in published:
+                entry = self.devices.setdefault(e.device_id, [e.kind, e.time, received, 0])
+                entry[1] = max(entry[1], e.time)
+                entry[2] = received
+                entry[3] += 1
+            self.bus.publish_all(published)
+            if published:
+                self._advance(max(e.time for e in published))
+            commands = [] if commands_after is None else self.commands_for(principal, commands_after)
+            return IngestResult(len(published), len(events) - len(published), self.city_time, commands)
+
+    def commands_for(self, principal: Principal, after: int) -> list[tuple[int, dict[str, Any]]]:
+        controllers = None
+        if principal.role == "device":
+            controllers = [controller_device(i) for i in self.network.intersections
+                           if principal.may_speak_for(controller_device(i))]
+        return self.store.commands_after(after, controllers)
+
+    # -- the brain's clock -----------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Tick the brain for the new city time (at most once per second of it)."""
+        if self._last_tick is not None and now < self._last_tick + 1.0 - 1e-9:
+            self.city_time = max(self.city_time or now, now)
+            return
+        self.city_time = now
+        self._last_tick = now
+        self.brain.tick(now)
+        self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        commands, self._new_commands[:] = list(self._new_commands), []
+        if commands:
+            ids = self.store.add_commands([(controller_device(c.intersection), c.intersection, c.time,
+                                            c.model_dump(mode="json")) for c in commands])
+            for command_id, command in zip(ids, commands):
+                self._notify({"type": "command", "id": command_id, "controller": controller_device(command.intersection),
+                              "command": command.model_dump(mode="json")})
+        decisions, self._new_decisions[:] = list(self._new_decisions), []
+        if decisions:
+            self.store.add_decisions(decisions)
+            for decision in decisions:
+                self._notify({"type": "decision", **_jsonable(decision)})
+        self._measure(now)
+        self._notify(self.tick_message())
+
+    def _on_decision(self, entry: dict[str, Any]) -> None:
+        if entry["outcome"] != "kept":  # keep decisions stay in memory (BrainLoop.recent): one per contested second
+            self._new_decisions.append(entry)
+
+    def _count_throughput(self, report: DetectorReport) -> None:
+        if self._minute is not None:
+            self._minute.throughput += sum(r.count for r in report.readings if r.detector_id in self._stopline)
+
+    def _measure(self, now: float) -> None:
+        """Per-minute KPIs from what the devices tell (the estimated state), stored at each minute's end."""
+        start = now - now % 60.0
+        if self._minute is None:
+            self._minute = _Minute(start)
+            return
+        if start > self._minute.start:
+            self._store_minute(self._minute)
+            self._minute = _Minute(start)
+        lanes = self.estimator.state.lanes.values()
+        queue = sum(lane.queue for lane in lanes)
+        self._minute.ticks += 1
+        self._minute.vehicles += sum(lane.vehicles for lane in lanes)
+        self._minute.queue += queue
+        self._minute.stopped_veh_s += queue
+
+    def _store_minute(self, minute: _Minute) -> None:
+        ticks = max(1, minute.ticks)
+        row = {"minute": minute.start, "vehicles": minute.vehicles / ticks, "queue_veh": minute.queue / ticks,
+               "throughput_veh": minute.throughput, "stopped_delay_veh_s": minute.stopped_veh_s,
+               "mean_delay_s": minute.stopped_veh_s / minute.throughput if minute.throughput else 0.0}
+        self.store.put_kpi_minute(row)
+        self._notify({"type": "kpi", **row})
+
+    # -- what the API and the cockpit read --------------------------------------------
+
+    def intersection_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._intersection_row(i) for i in self.network.intersections]
+
+    def _intersection_row(self, intersection_id: str) -> dict[str, Any]:
+        intersection = self.network.intersections[intersection_id]
+        state = self.estimator.state
+        signal = state.signals.get(intersection_id)
+        lanes = [state.lanes[lane] for lane in intersection.in_lanes if lane in state.lanes]
+        return {
+            "id": intersection_id, "x": intersection.position[0], "y": intersection.position[1],
+            "phase": signal.phase if signal else None, "signal_state": signal.signal_state if signal else None,
+            "time_in_phase_s": signal.time_in_phase_s if signal else None, "mode": signal.mode if signal else None,
+            "controller": self.modes.get(intersection_id, "brain"),
+            "queue_veh": round(sum(lane.queue for lane in lanes), 2),
+            "vehicles": round(sum(lane.vehicles for lane in lanes), 2),
+        }
+
+    def intersection_detail(self, intersection_id: str) -> dict[str, Any]:
+        with self._lock:
+            intersection = self.network.intersections[intersection_id]
+            row = self._intersection_row(intersection_id)
+            state = self.estimator.state
+            row["phases"] = [{"index": p.index, "state": p.state} for p in intersection.phases]
+            row["lanes"] = [{"id": lane, "queue": round(s.queue, 2), "vehicles": round(s.vehicles, 2),
+                             "flow_vph": round(s.flow_vph, 1), "approaching": round(s.approaching, 2)}
+                            for lane in intersection.in_lanes if (s := state.lanes.get(lane)) is not None]
+        row["decisions"] = self.store.decisions(intersection_id, limit=20)
+        return row
+
+    def lane_rows(self) -> list[dict[str, Any]]:
+        owner = {lane: i.id for i in self.network.intersections.values() for lane in i.in_lanes}
+        with self._lock:
+            return [{"id": lane, "intersection": owner.get(lane), "queue": round(s.queue, 2),
+                     "vehicles": round(s.vehicles, 2), "flow_vph": round(s.flow_vph, 1)}
+                    for lane, s in self.estimator.state.lanes.items()]
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            now = self.city_time
+            return [{"device_id": d, "kind": kind, "last_time": last, "last_seen_at": received.isoformat()
+                     if isinstance(received, datetime) else str(received), "events": count,
+                     "silent": now is not None and now - last > SILENT_AFTER_S}
+                    for d, (kind, last, received, count) in sorted(self.devices.items())]
+
+    def tick_message(self) -> dict[str, Any]:
+        state = self.estimator.state
+        return {"type": "tick", "time": self.city_time,
+                "intersections": [{k: row[k] for k in ("id", "phase", "signal_state", "mode", "controller", "queue_veh")}
+                                  for row in (self._intersection_row(i) for i in self.network.intersections)],
+                "lanes": {lane: round(s.queue, 1) for lane, s in state.lanes.items()}}
+
+    # -- live listeners --------------------------------------------------------------
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every live message; returns the function that stops it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def stop() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+        return stop
+
+    def _notify(self, message: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            listener(message)
+
+
+def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(entry, default=str))

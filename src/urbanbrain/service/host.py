@@ -1,0 +1,116 @@
+"""`urbanbrain run`: the brain service, with the twin playing the city's devices.
+
+The server listens first (so /health answers at once); the city — reading or
+generating the network, starting SUMO — loads in a background thread, and the
+in-process twin then talks to the brain through the same ingress as remote devices.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import uvicorn
+
+from urbanbrain.network import read_network
+from urbanbrain.service.app import ServiceState, create_app
+from urbanbrain.service.city import CityRuntime
+from urbanbrain.service.field import TwinField
+from urbanbrain.service.keys import Principal, create_key
+from urbanbrain.store import Store
+from urbanbrain.store.store import sqlite_url
+from urbanbrain.twin.scenario import load_scenario
+
+TWIN_PRINCIPAL = Principal("in-process twin", "device", ("*",))
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    scenario: str = "demo"
+    controller: str = "brain"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path | None = None
+    db: str | None = None
+    twin: bool = True
+    speed: float = 1.0
+    seed: int = 1
+    duration_s: float | None = None
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("urbanbrain"))
+
+
+def open_store(data_dir: Path, db: str | None) -> Store:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(db or sqlite_url(data_dir / "urbanbrain.db"))
+    store.migrate()
+    return store
+
+
+def admin_key(store: Store, data_dir: Path) -> tuple[str | None, bool]:
+    """The admin key: created on first start and kept in DATA_DIR/admin.key, readable
+    by this user only (the store has only its hash). Returns (key, created now)."""
+    path = data_dir / "admin.key"
+    if not any(k["role"] == "admin" and k["revoked_at"] is None for k in store.keys()):
+        name = "admin" if not any(k["name"] == "admin" for k in store.keys()) else f"admin-{len(store.keys())}"
+        key = create_key(store, name, "admin")
+        path.write_text(key + "\n", encoding="utf-8")
+        os.chmod(path, 0o600)
+        return key, True
+    return (path.read_text(encoding="utf-8").strip() if path.exists() else None), False
+
+
+class CityHost:
+    """Loads the city and runs the in-process twin in a background thread."""
+
+    def __init__(self, service: ServiceState, options: HostOptions):
+        self.service = service
+        self.options = options
+        self.field: TwinField | None = None
+        self.thread = threading.Thread(target=self._run, name="city", daemon=True)
+
+    def start(self) -> None:
+        self.service.twin = "starting" if self.options.twin else "off"
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.field is not None:
+            self.field.stop()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            scenario = load_scenario(self.options.scenario)
+            network = read_network(scenario.net_file)
+            runtime = CityRuntime(network, self.service.store, self.options.controller)
+            self.service.runtime = runtime
+            if not self.options.twin:
+                return
+
+            def send(events, after):
+                return runtime.ingest(events, TWIN_PRINCIPAL, after).commands if events else []
+            self.field = TwinField(scenario, network, send, seed=self.options.seed, speed=self.options.speed,
+                                   horizon_s=self.options.duration_s)
+            self.field.run(on_start=lambda: setattr(self.service, "twin", "running"))
+            self.service.twin = "finished"
+        except Exception as exc:  # the service stays up to say what went wrong
+            self.service.twin = "failed"
+            self.service.twin_error = f"{type(exc).__name__}: {exc}"
+            raise
+
+
+def serve(options: HostOptions, announce) -> None:
+    data_dir = options.data_dir or default_data_dir()
+    store = open_store(data_dir, options.db)
+    key, created = admin_key(store, data_dir)
+    service = ServiceState(store)
+    host = CityHost(service, options)
+    app = create_app(service, on_shutdown=host.stop)
+    announce(f"http://{options.host}:{options.port}", key, created, data_dir)
+    host.start()
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")

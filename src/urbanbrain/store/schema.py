@@ -1,0 +1,99 @@
+"""The store's tables (SQLAlchemy 2 Core): one definition for SQLite and PostgreSQL.
+
+Device events are append-only and unique on (device_id, seq), which is what makes a
+device's resend after a timeout harmless. Commands get an increasing id so a device
+can ask for "everything after the last one I applied". API keys are stored as a
+SHA-256 of the key: keys are 256-bit random tokens, so a slow password hash would add
+latency to every request without adding safety.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+device_events = Table(
+    "device_events", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("device_id", String(200), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("payload", Text, nullable=False),  # the event as validated, JSON
+    UniqueConstraint("device_id", "seq", name="uq_device_events_device_seq"),
+)
+Index("ix_device_events_received_at", device_events.c.received_at)
+
+commands = Table(
+    "commands", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("controller", String(200), nullable=False),  # the controller device the command is for
+    Column("intersection", String(200), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("payload", Text, nullable=False),
+)
+Index("ix_commands_controller_id", commands.c.controller, commands.c.id)
+
+decisions = Table(
+    "decisions", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("time", Float, nullable=False),
+    Column("intersection", String(200), nullable=False),
+    Column("phase", Integer, nullable=False),
+    Column("outcome", String(20), nullable=False),
+    Column("controller", String(40), nullable=False),
+    Column("observation", String(60), nullable=False),
+    Column("min_green_s", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_decisions_intersection_time", decisions.c.intersection, decisions.c.time)
+
+kpi_minutes = Table(
+    "kpi_minutes", metadata,
+    Column("minute", Float, primary_key=True),  # start of the minute, city clock
+    Column("vehicles", Float, nullable=False),
+    Column("queue_veh", Float, nullable=False),
+    Column("throughput_veh", Integer, nullable=False),
+    Column("stopped_delay_veh_s", Float, nullable=False),
+    Column("mean_delay_s", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(12), nullable=False),  # the key's first characters, to recognise it in a list
+    Column("devices", JSON, nullable=False),  # device id prefixes a device key may speak for
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("key_name", String(100), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("action", String(60), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+controller_modes = Table(
+    "controller_modes", metadata,  # what the operators have set, per intersection (absent: the brain)
+    Column("intersection", String(200), primary_key=True),
+    Column("controller", String(20), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

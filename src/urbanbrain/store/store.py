@@ -1,0 +1,264 @@
+"""The store: SQLite by default (a file in the data directory), PostgreSQL by URL.
+
+The schema is created and upgraded by Alembic migrations shipped in the package, so
+a city's database survives upgrades of the software. Every write that acknowledges
+something to a device or an operator is committed before the answer goes out:
+restarting the service loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from urbanbrain.store.schema import (api_keys, audit, commands, controller_modes, decisions, device_events,
+                                     kpi_minutes)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    device_id: str
+    seq: int
+    kind: str
+    time: float
+    payload: str  # JSON
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+pysqlite:///{path}"
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain postgresql:// URLs (as a city's DBA writes them) and use psycopg 3 for them."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = normalise_url(url)
+        self.engine: Engine = create_engine(self.url, future=True)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (creates it on an empty database)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert(self, table):
+        return (sqlite if self.dialect == "sqlite" else postgresql).insert(table)
+
+    # -- device events ---------------------------------------------------------------
+
+    def append_events(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """Store the events not stored before (by device and sequence number), in one
+        transaction; returns those that were new, in order."""
+        if not events:
+            return []
+        with self.engine.begin() as connection:
+            keys = list({(e.device_id, e.seq) for e in events})
+            seen: set[tuple[str, int]] = set()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = connection.execute(select(device_events.c.device_id, device_events.c.seq)
+                                          .where(tuple_(device_events.c.device_id, device_events.c.seq).in_(chunk)))
+                seen.update((device_id, seq) for device_id, seq in rows)
+            fresh = []
+            for e in events:
+                if (e.device_id, e.seq) not in seen:
+                    seen.add((e.device_id, e.seq))
+                    fresh.append(e)
+            if fresh:
+                now = utcnow()
+                connection.execute(
+                    self._insert(device_events).on_conflict_do_nothing(index_elements=["device_id", "seq"]),
+                    [{"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "time": e.time, "received_at": now,
+                      "payload": e.payload} for e in fresh])
+        return fresh
+
+    def events(self, device_id: str | None = None, limit: int = 1000) -> list[StoredEvent]:
+        query = select(device_events.c.device_id, device_events.c.seq, device_events.c.kind, device_events.c.time,
+                       device_events.c.payload).order_by(device_events.c.id).limit(limit)
+        if device_id is not None:
+            query = query.where(device_events.c.device_id == device_id)
+        with self.engine.connect() as connection:
+            return [StoredEvent(*row) for row in connection.execute(query)]
+
+    def count_events(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(device_events)).scalar_one()
+
+    def device_summary(self) -> list[tuple[str, str, float, datetime, int]]:
+        """(device_id, kind, last city time, last received, events) per device."""
+        query = (select(device_events.c.device_id, func.max(device_events.c.kind), func.max(device_events.c.time),
+                        func.max(device_events.c.received_at), func.count())
+                 .group_by(device_events.c.device_id))
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(query)]
+
+    # -- commands --------------------------------------------------------------------
+
+    def add_commands(self, rows: Iterable[tuple[str, str, float, dict[str, Any]]]) -> list[int]:
+        """Store (controller, intersection, time, command) rows; returns their ids."""
+        ids = []
+        now = utcnow()
+        with self.engine.begin() as connection:
+            for controller, intersection, time, payload in rows:
+                result = connection.execute(insert(commands).values(
+                    controller=controller, intersection=intersection, time=time, created_at=now,
+                    payload=json.dumps(payload)).returning(commands.c.id))
+                ids.append(result.scalar_one())
+        return ids
+
+    def commands_after(self, after: int, controllers: Sequence[str] | None = None,
+                       limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        query = select(commands.c.id, commands.c.payload).where(commands.c.id > after).order_by(commands.c.id).limit(limit)
+        if controllers is not None:
+            query = query.where(commands.c.controller.in_(list(controllers)))
+        with self.engine.connect() as connection:
+            return [(row.id, json.loads(row.payload)) for row in connection.execute(query)]
+
+    def last_command_id(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(select(func.coalesce(func.max(commands.c.id), 0))).scalar_one()
+
+    # -- decisions -------------------------------------------------------------------
+
+    def add_decisions(self, entries: Sequence[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        now = utcnow()
+        with self.engine.begin() as connection:
+            connection.execute(insert(decisions), [{
+                "time": e["time"], "intersection": e["intersection"], "phase": e["phase"], "outcome": e["outcome"],
+                "controller": e["controller"], "observation": e["observation"], "min_green_s": e["min_green_s"],
+                "reason": e["reason"], "scores": {str(k): v for k, v in e["scores"].items()}, "created_at": now,
+            } for e in entries])
+
+    def decisions(self, intersection: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        columns = [decisions.c[name] for name in ("time", "intersection", "phase", "outcome", "controller",
+                                                  "observation", "min_green_s", "reason", "scores")]
+        query = select(*columns).order_by(decisions.c.id.desc()).limit(limit)
+        if intersection is not None:
+            query = query.where(decisions.c.intersection == intersection)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # -- KPI minutes -----------------------------------------------------------------
+
+    def put_kpi_minute(self, row: dict[str, Any]) -> None:
+        values = {**row, "created_at": utcnow()}
+        statement = self._insert(kpi_minutes).values(**values)
+        statement = statement.on_conflict_do_update(index_elements=["minute"],
+                                                    set_={k: v for k, v in values.items() if k != "minute"})
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    def kpis(self, since: float | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+        query = select(kpi_minutes.c.minute, kpi_minutes.c.vehicles, kpi_minutes.c.queue_veh,
+                       kpi_minutes.c.throughput_veh, kpi_minutes.c.stopped_delay_veh_s,
+                       kpi_minutes.c.mean_delay_s).order_by(kpi_minutes.c.minute).limit(limit)
+        if since is not None:
+            query = query.where(kpi_minutes.c.minute >= since)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # -- operator settings -----------------------------------------------------------
+
+    def set_controller_mode(self, intersection: str, controller: str) -> None:
+        statement = self._insert(controller_modes).values(intersection=intersection, controller=controller,
+                                                          updated_at=utcnow())
+        statement = statement.on_conflict_do_update(index_elements=["intersection"],
+                                                    set_={"controller": controller, "updated_at": utcnow()})
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    def controller_modes(self) -> dict[str, str]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(controller_modes.c.intersection, controller_modes.c.controller))
+            return {intersection: controller for intersection, controller in rows}
+
+    # -- API keys and audit ----------------------------------------------------------
+
+    def add_key(self, name: str, role: str, key_hash: str, prefix: str, devices: list[str]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(insert(api_keys).values(name=name, role=role, key_hash=key_hash, prefix=prefix,
+                                                       devices=devices, created_at=utcnow()))
+
+    def key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        query = select(api_keys).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else dict(row._mapping)
+
+    def keys(self) -> list[dict[str, Any]]:
+        query = select(api_keys.c.name, api_keys.c.role, api_keys.c.prefix, api_keys.c.devices, api_keys.c.created_at,
+                       api_keys.c.revoked_at).order_by(api_keys.c.id)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def revoke_key(self, name: str) -> bool:
+        with self.engine.begin() as connection:
+            result = connection.execute(update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                                        .values(revoked_at=utcnow()))
+        return result.rowcount > 0
+
+    def add_audit(self, key_name: str, role: str, action: str, target: str, detail: dict[str, Any]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(insert(audit).values(at=utcnow(), key_name=key_name, role=role, action=action,
+                                                    target=target, detail=detail))
+
+    def audit_log(self, limit: int = 1000) -> list[dict[str, Any]]:
+        query = (select(audit.c.at, audit.c.key_name, audit.c.role, audit.c.action, audit.c.target, audit.c.detail)
+                 .order_by(audit.c.id.desc()).limit(limit))
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # -- retention -------------------------------------------------------------------
+
+    def purge(self, events_days: float, decisions_days: float) -> tuple[int, int]:
+        """Delete device events and decisions older than the retention (by when they
+        arrived); KPI minutes, keys and the audit trail are kept."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            gone_events = connection.execute(delete(device_events).where(
+                device_events.c.received_at < now - timedelta(days=events_days))).rowcount
+            gone_decisions = connection.execute(delete(decisions).where(
+                decisions.c.created_at < now - timedelta(days=decisions_days))).rowcount
+        return gone_events, gone_decisions
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    """WAL lets the cockpit read while the ingress writes; NORMAL sync is still
+    durable against a crash of the service in WAL mode (only an OS crash can lose the
+    last transactions)."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

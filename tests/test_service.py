@@ -1,0 +1,175 @@
+"""The brain service's API on SQLite and on a real PostgreSQL server: bad input,
+access control, idempotent resend, restart without loss, and the twin as a field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from urbanbrain.network import read_network
+from urbanbrain.service.app import ServiceState, create_app
+from urbanbrain.service.city import CityRuntime
+from urbanbrain.service.keys import create_key
+from urbanbrain.store import Store
+
+
+class City:
+    """A service over the generated 2x2 grid, with one key per role."""
+
+    def __init__(self, url: str, net_file: Path):
+        self.url = url
+        self.network = read_network(net_file)
+        self.store = Store(url)
+        self.store.migrate()
+        self.keys = {role: create_key(self.store, role, role) for role in ("viewer", "operator", "admin")}
+        first = sorted(self.network.intersections)[0]
+        self.own = f"ctl_{first}"
+        self.keys["device"] = create_key(self.store, "field-unit", "device", [self.own, "det_*"])
+        self.open()
+
+    def open(self) -> None:
+        self.service = ServiceState(self.store)
+        self.service.runtime = CityRuntime(self.network, self.store)
+        self.client = TestClient(create_app(self.service))
+
+    def restart(self) -> None:
+        """A new process: a new store connection and runtime on the same database."""
+        self.client.close()
+        self.store.close()
+        self.store = Store(self.url)
+        self.store.migrate()
+        self.open()
+
+    def headers(self, role: str) -> dict[str, str]:
+        return {"X-API-Key": self.keys[role]}
+
+    def controller_report(self, seq: int, time: float, intersection: str | None = None) -> dict:
+        intersection = intersection or self.own[len("ctl_"):]
+        phases = self.network.intersections[intersection].phases
+        return {"kind": "controller", "device_id": f"ctl_{intersection}", "seq": seq, "time": time,
+                "intersection": intersection, "signal_state": phases[0].state, "phase": 0,
+                "time_in_phase_s": time, "mode": "remote"}
+
+    def detector_report(self, seq: int, time: float) -> dict:
+        station = self.service.runtime.stations[0]
+        return {"kind": "detector", "device_id": "det_" + station.device_id, "seq": seq, "time": time,
+                "interval_s": 1.0, "readings": [{"detector_id": loop.detector_id, "lane": loop.lane,
+                                                 "position": loop.position, "count": 0, "occupancy": 0.0}
+                                                for loop in station.loops]}
+
+
+@pytest.fixture
+def city(store_url: str, grid_net: Path):
+    city = City(store_url, grid_net)
+    yield city
+    city.client.close()
+    city.store.close()
+
+
+def test_a_bad_batch_is_rejected_whole_naming_each_bad_item_and_field(city: City):
+    good = city.controller_report(0, 1.0)
+    assert city.client.post("/api/events", json=[good], headers=city.headers("device")).status_code == 200
+    bad_count = city.detector_report(0, 2.0)
+    bad_count["readings"][0]["count"] = -1
+    batch = [city.controller_report(1, 2.0), bad_count, {**city.controller_report(2, 3.0), "phase": "two"}]
+    answer = city.client.post("/api/events", json=batch, headers=city.headers("device"))
+    assert answer.status_code == 422
+    named = {(d["item"], d["field"]) for d in answer.json()["detail"]}
+    assert (1, "detector.readings.0.count") in named
+    assert any(item == 2 and "phase" in field for item, field in named)
+    assert 0 not in {item for item, _ in named}
+    assert [(e.device_id, e.seq) for e in city.store.events()] == [(city.own, 0)]  # nothing of the bad batch
+
+
+def test_malformed_bodies_are_named(city: City):
+    device = city.headers("device")
+    answer = city.client.post("/api/events", content=b'{"not": "a list"}', headers={**device, "Content-Type": "application/json"})
+    assert answer.status_code == 422 and "JSON array" in answer.json()["detail"][0]["error"]
+    lines = b'{"kind": "controller"}\n{not json\n'
+    answer = city.client.post("/api/events", content=lines, headers={**device, "Content-Type": "application/x-ndjson"})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["item"] == 1
+    assert city.store.count_events() == 0
+
+
+def test_json_lines_are_accepted(city: City):
+    import json
+
+    body = "\n".join(json.dumps(city.controller_report(seq, float(seq))) for seq in range(3)).encode()
+    answer = city.client.post("/api/events", content=body,
+                              headers={**city.headers("device"), "Content-Type": "application/x-ndjson"})
+    assert answer.status_code == 200 and answer.json()["accepted"] == 3
+
+
+def test_a_resent_batch_is_acknowledged_but_not_counted_twice(city: City):
+    batch = [city.controller_report(seq, float(seq)) for seq in range(5)]
+    first = city.client.post("/api/events", json=batch, headers=city.headers("device")).json()
+    again = city.client.post("/api/events", json=batch + [city.controller_report(5, 5.0)], headers=city.headers("device")).json()
+    assert (first["accepted"], first["duplicates"]) == (5, 0)
+    assert (again["accepted"], again["duplicates"]) == (1, 5)
+    assert city.store.count_events() == 6
+    devices = {d["device_id"]: d for d in city.client.get("/api/devices", headers=city.headers("viewer")).json()}
+    assert devices[city.own]["events"] == 6
+
+
+def test_no_endpoint_but_health_answers_without_a_key(city: City):
+    assert city.client.get("/health").status_code == 200
+    for method, path in [("get", "/api/network"), ("get", "/api/intersections"), ("get", "/api/kpis"),
+                         ("get", "/api/decisions"), ("get", "/api/devices"), ("get", "/api/keys"),
+                         ("get", "/api/commands"), ("post", "/api/events"), ("get", "/api/audit")]:
+        assert getattr(city.client, method)(path).status_code == 401, path
+        assert getattr(city.client, method)(path, headers={"X-API-Key": "ub_wrong"}).status_code == 401, path
+
+
+def test_roles_are_enforced(city: City):
+    event = [city.controller_report(0, 1.0)]
+    assert city.client.post("/api/events", json=event, headers=city.headers("viewer")).status_code == 403
+    assert city.client.get("/api/intersections", headers=city.headers("device")).status_code == 403
+    assert city.client.get("/api/keys", headers=city.headers("operator")).status_code == 403
+    assert city.client.get("/api/intersections", headers=city.headers("viewer")).status_code == 200
+    assert city.client.get("/api/keys", headers=city.headers("admin")).status_code == 200
+    assert city.store.count_events() == 0
+
+
+def test_a_device_key_speaks_only_for_its_own_devices(city: City):
+    other = sorted(city.network.intersections)[1]
+    batch = [city.controller_report(0, 1.0), city.controller_report(0, 1.0, intersection=other)]
+    answer = city.client.post("/api/events", json=batch, headers=city.headers("device"))
+    assert answer.status_code == 403
+    assert answer.json()["detail"][0]["item"] == 1 and f"ctl_{other}" in answer.json()["detail"][0]["error"]
+    assert city.store.count_events() == 0
+
+
+def test_keys_are_stored_hashed_and_revocation_takes_effect_at_once(city: City):
+    made = city.client.post("/api/keys", json={"name": "wall-screen", "role": "viewer"}, headers=city.headers("admin"))
+    assert made.status_code == 201
+    key = made.json()["key"]
+    assert all(key not in str(row) for row in city.store.keys())
+    assert city.client.get("/api/lanes", headers={"X-API-Key": key}).status_code == 200
+    assert city.client.delete("/api/keys/wall-screen", headers=city.headers("admin")).status_code == 200
+    assert city.client.get("/api/lanes", headers={"X-API-Key": key}).status_code == 401
+    actions = [(a["action"], a["target"], a["key_name"]) for a in city.store.audit_log()]
+    assert ("create key", "wall-screen", "admin") in actions and ("revoke key", "wall-screen", "admin") in actions
+    bad = city.client.post("/api/keys", json={"name": "x y", "role": "viewer"}, headers=city.headers("admin"))
+    assert bad.status_code == 422
+
+
+def test_a_restart_loses_nothing_that_was_acknowledged(city: City):
+    batch = [city.controller_report(seq, float(seq)) for seq in range(10)] + [city.detector_report(0, 9.0)]
+    assert city.client.post("/api/events", json=batch, headers=city.headers("device")).json()["accepted"] == 11
+    city.restart()
+    assert city.store.count_events() == 11
+    again = city.client.post("/api/events", json=batch, headers=city.headers("device")).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 11)  # known after the restart too
+    devices = {d["device_id"]: d["events"] for d in city.client.get("/api/devices", headers=city.headers("viewer")).json()}
+    assert devices[city.own] == 10
+
+
+def test_the_network_is_served_with_geometry(city: City):
+    network = city.client.get("/api/network", headers=city.headers("viewer")).json()
+    assert {i["id"] for i in network["intersections"]} == set(city.network.intersections)
+    minx, miny, maxx, maxy = network["bounds"]
+    assert minx < maxx and miny < maxy
+    approaching = [lane for lane in network["lanes"] if lane["intersection"] is not None]
+    assert approaching and all(len(lane["shape"]) >= 2 for lane in approaching)

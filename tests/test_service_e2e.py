@@ -1,0 +1,105 @@
+"""The service as a user starts it: `urbanbrain run` with the in-process twin, and
+`urbanbrain twin` as a separate process posting to a brain over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from urbanbrain.bench.session import CitySession
+from urbanbrain.network import read_network
+from urbanbrain.twin.scenario import load_scenario
+
+CLI = [sys.executable, "-m", "urbanbrain.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, until, timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(url, timeout=2).json()
+            if until(last):
+                return last
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not reach the expected state in {timeout_s} s; last answer {last}")
+
+
+def start_service(data: Path, port: int, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "run", "--data-dir", str(data), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen) -> tuple[str, str]:
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return out, err
+
+
+def test_run_serves_the_brain_live_with_the_twin_in_process(grid_city: Path, tmp_path: Path):
+    port = free_port()
+    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--speed", "0", "--duration", "300")
+    try:
+        health = wait_for(f"http://127.0.0.1:{port}/health", lambda h: h["twin"] == "finished")
+        assert health["city_time"] == 300.0
+        key = (tmp_path / "admin.key").read_text().strip()
+        assert oct((tmp_path / "admin.key").stat().st_mode & 0o777) == "0o600"
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": key})
+        rows = api.get("/api/intersections").json()
+        assert {r["id"] for r in rows} == set(read_network(load_scenario(grid_city).net_file).intersections)
+        assert all(r["signal_state"] and r["mode"] == "remote" for r in rows)
+        switches = api.get("/api/decisions", params={"switches_only": True}).json()
+        assert switches and all(d["outcome"] != "kept" and d["reason"] for d in switches)
+        kpis = api.get("/api/kpis").json()
+        assert len(kpis) >= 4 and sum(k["throughput_veh"] for k in kpis) > 50
+        assert all(not d["silent"] for d in api.get("/api/devices").json())
+    finally:
+        out, err = stop(service)
+    assert service.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/#key=" in out
+
+
+def test_the_twin_over_http_gives_the_kpis_of_the_twin_in_process(grid_city: Path, tmp_path: Path):
+    """Same controller, same seed: the field in another process, over HTTP, against the
+    benchmark's in-process session (acceptance: within 5%)."""
+    port = free_port()
+    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", lambda h: h["status"] == "ok", timeout_s=60)
+        made = subprocess.run([*CLI, "keys", "create", "twin", "--role", "device", "--device", "*",
+                               "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.split(": ")[1].split()[0]
+        out = tmp_path / "twin.json"
+        field = subprocess.run([*CLI, "twin", "--brain", f"http://127.0.0.1:{port}", "--scenario", str(grid_city),
+                                "--speed", "0", "--duration", "400", "--json", str(out)],
+                               capture_output=True, text=True, timeout=300, env={**os.environ, "URBANBRAIN_KEY": key})
+        assert field.returncode == 0, field.stderr
+    finally:
+        stop(service)
+    over_http = json.loads(out.read_text())["kpis"]
+    scenario = load_scenario(grid_city)
+    session = CitySession(scenario, read_network(scenario.net_file), "brain", horizon_s=400)
+    session.start()
+    while not session.done:
+        session.step()
+    in_process = session.finish().kpis
+    assert over_http["throughput"] > 100
+    assert abs(over_http["total_delay_s"] - in_process.total_delay_s) <= 0.05 * in_process.total_delay_s
+    assert abs(over_http["att_s"] - in_process.att_s) <= 0.05 * in_process.att_s
