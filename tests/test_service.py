@@ -173,3 +173,59 @@ def test_the_network_is_served_with_geometry(city: City):
     assert minx < maxx and miny < maxy
     approaching = [lane for lane in network["lanes"] if lane["intersection"] is not None]
     assert approaching and all(len(lane["shape"]) >= 2 for lane in approaching)
+
+
+def test_operators_steer_an_intersection_and_are_audited(city: City):
+    target = sorted(city.network.intersections)[0]
+    path = f"/api/intersections/{target}/control"
+    assert city.client.post(path, json={"controller": "fixed"}, headers=city.headers("viewer")).status_code == 403
+    assert city.client.post(path, json={"controller": "fixed"}).status_code == 401
+    assert city.client.post("/api/intersections/nowhere/control", json={"controller": "fixed"},
+                            headers=city.headers("operator")).status_code == 404
+    bad = city.client.post(path, json={"controller": "chaos"}, headers=city.headers("operator"))
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "controller"
+    answer = city.client.post(path, json={"controller": "fixed"}, headers=city.headers("operator"))
+    assert answer.status_code == 200 and answer.json()["controller"] == "fixed"
+    sent = [c for _, c in city.store.commands_after(0, [f"ctl_{target}"])]
+    assert [c["action"] for c in sent] == ["plan"]
+    assert city.store.audit_log()[0]["key_name"] == "operator" and city.store.audit_log()[0]["target"] == target
+    city.restart()
+    assert city.service.runtime.brain.local == {target: "plan"}, "the order survives a restart"
+    rows = {r["id"]: r for r in city.client.get("/api/intersections", headers=city.headers("viewer")).json()}
+    assert rows[target]["controller"] == "fixed"
+
+
+def test_the_operator_switch_reaches_the_field_and_back(grid_net: Path, grid_city: Path, tmp_path: Path):
+    """Through the in-process twin: fixed plan, flashing, and back to the brain, with
+    no conflicting greens at any second."""
+    from urbanbrain.service.field import TwinField
+    from urbanbrain.service.host import TWIN_PRINCIPAL
+    from urbanbrain.twin.scenario import load_scenario
+
+    city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net)
+    runtime = city.service.runtime
+    scenario = load_scenario(grid_city)
+    field = TwinField(scenario, city.network, lambda events, after: runtime.ingest(events, TWIN_PRINCIPAL, after).commands,
+                      speed=0, horizon_s=200)
+    target = sorted(city.network.intersections)[0]
+    seen: dict[float, str] = {}
+    conflicts = []
+    orders = {40.0: "fixed", 100.0: "flash", 140.0: "brain"}
+
+    def watch(now: float) -> None:
+        controller = field.twin.controllers[target]
+        seen[now] = controller.mode
+        conflicts.extend(i for i, c in field.twin.controllers.items()
+                         if city.network.intersections[i].conflicting_pairs(c.state_at(now)))
+        if now in orders:
+            path = f"/api/intersections/{target}/control"
+            assert city.client.post(path, json={"controller": orders[now]}, headers=city.headers("operator")).status_code == 200
+
+    field.run(on_step=watch)
+    city.client.close()
+    assert not conflicts
+    assert seen[39.0] == "remote" and seen[41.0] == "plan" and seen[99.0] == "plan"
+    assert seen[101.0] == "flash" and seen[139.0] == "flash"
+    assert seen[160.0] == "remote" and seen[199.0] == "remote"
+    others = {i: c.mode for i, c in field.twin.controllers.items() if i != target}
+    assert set(others.values()) == {"remote"}

@@ -103,3 +103,49 @@ def test_the_twin_over_http_gives_the_kpis_of_the_twin_in_process(grid_city: Pat
     assert over_http["throughput"] > 100
     assert abs(over_http["total_delay_s"] - in_process.total_delay_s) <= 0.05 * in_process.total_delay_s
     assert abs(over_http["att_s"] - in_process.att_s) <= 0.05 * in_process.att_s
+
+
+def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_city: Path, tmp_path: Path):
+    """Kill the brain mid-run: every controller falls back to its plan within the
+    timeout (10 s), with no conflicting greens at any second; restart the brain:
+    remote control resumes, safely."""
+    from urbanbrain.service.field import TwinField, http_transport
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ("--scenario", str(grid_city), "--no-twin")
+    service = start_service(tmp_path, port, *args)
+    wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
+    made = subprocess.run([*CLI, "keys", "create", "field", "--role", "device", "--device", "*",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    key = made.stdout.split(": ")[1].split()[0]
+    scenario = load_scenario(grid_city)
+    network = read_network(scenario.net_file)
+    field = TwinField(scenario, network, http_transport(url, key, timeout_s=2.0), speed=0, horizon_s=260)
+    modes: dict[float, set[str]] = {}
+    conflicts: list[tuple[float, str]] = []
+    killed_at, restarted_at = 100.0, 160.0
+
+    def watch(now: float) -> None:
+        nonlocal service
+        controllers = field.twin.controllers
+        modes[now] = {c.mode for c in controllers.values()}
+        conflicts.extend((now, i) for i, c in controllers.items()
+                         if network.intersections[i].conflicting_pairs(c.state_at(now)))
+        if now == killed_at:
+            service.kill()
+            service.wait(timeout=30)
+        if now == restarted_at:
+            service = start_service(tmp_path, port, *args)
+            wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
+
+    try:
+        field.run(on_step=watch)
+    finally:
+        stop(service)
+    assert not conflicts
+    assert modes[killed_at - 1] == {"remote"}, "under the brain before it dies"
+    assert modes[killed_at + 11] == {"fallback"}, "every controller on its own plan within the 10 s timeout"
+    assert all(modes[t] == {"fallback"} for t in modes if killed_at + 11 <= t < restarted_at)
+    assert modes[restarted_at + 15] == {"remote"}, "control resumes once the brain is back"
+    assert field.unsent == [], "the events of the outage were delivered after the restart"

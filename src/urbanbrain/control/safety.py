@@ -88,9 +88,24 @@ class SafetyLayer:
     def controls(self, intersection_id: str) -> bool:
         return intersection_id in self._tracks
 
+    def release(self, intersection_id: str) -> None:
+        """Stop tracking a controller that runs on its own now (its plan, flashing, a
+        fail-safe fallback): remote control resumes only through `take_control`, from
+        what it reports then."""
+        self._tracks.pop(intersection_id, None)
+
     def submit(self, command: SignalCommand, now: float) -> SignalCommand | None:
-        """Return the command a device may execute now, or None if refused or deferred."""
+        """Return the command a device may execute now, or None if refused or deferred.
+
+        `plan` and `flash` hand the junction to the field controller's own safe
+        sequences (it finishes or starts a full change interval itself) and end remote
+        control."""
         track = self._tracks.get(command.intersection)
+        if command.action in ("plan", "flash"):
+            if command.intersection not in self.network.intersections:
+                return self._refuse(command, now, "intersection", f"no intersection {command.intersection!r}")
+            self.release(command.intersection)
+            return command
         if track is None:
             return self._refuse(command, now, "remote-control", "intersection is not under remote control")
         intersection = self.network.intersections[command.intersection]
@@ -104,6 +119,14 @@ class SafetyLayer:
             track.pending = None
             return command.model_copy(update={"action": "hold", "phase": track.phase})
         return self._change(intersection, track, command, now)
+
+    def keepalive(self, intersection_id: str, now: float) -> SignalCommand:
+        """The brain's heartbeat to a controller: `hold` what it shows. It changes
+        nothing the layer tracks (a deferred change stays pending); to a controller not
+        under remote control it asks it to resume remote control at what it shows (from
+        flashing through all-red first), which starts no conflicting movement."""
+        track = self._tracks.get(intersection_id)
+        return self.command(intersection_id, "hold", None if track is None else track.phase, now, reason="heartbeat")
 
     def tick(self, now: float) -> list[SignalCommand]:
         """Release deferred changes whose minimum green is served; force off greens past maximum."""

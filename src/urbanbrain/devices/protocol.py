@@ -98,13 +98,18 @@ class SignalCommand(_Message):
       to the movements losing green, then all-red), show green `phase` for at least
       `min_green_s`;
     - `hold`: keep the current green;
-    - `force_off`: end the current green now, moving to `phase` (or the next in sequence).
+    - `force_off`: end the current green now, moving to `phase` (or the next in sequence);
+    - `plan`: run the controller's own timing plan (an operator's "fixed plan");
+    - `flash`: clear the junction (yellow, all-red), then flash.
+    Any `go` or `hold` puts a controller back under remote control; one that hears
+    nothing from the brain for its fail-safe timeout falls back to its plan by itself,
+    so `hold` doubles as the brain's heartbeat.
     `device_id` names the issuer (the brain), `intersection` the controller.
     """
 
     kind: Literal["signal"] = "signal"
     intersection: Identifier
-    action: Literal["go", "hold", "force_off"]
+    action: Literal["go", "hold", "force_off", "plan", "flash"]
     phase: int | None = Field(default=None, ge=0, validate_default=True)
     min_green_s: float = Field(default=5.0, ge=0, le=300, allow_inf_nan=False)
     yellow_s: float = Field(default=3.0, ge=0, le=30, allow_inf_nan=False)

@@ -1,10 +1,17 @@
-"""A signal controller in the field, executing remote commands faithfully.
+"""A signal controller in the field: remote commands, its own plan, fail-safe, flash.
 
-It knows its green phases (its timing database) and turns a command into the signal
+It knows its green phases (its timing database) and turns commands into the signal
 heads' states second by second: yellow for the movements losing green, then all-red,
-then the new green. Deciding what is safe is the brain's safety layer's job (one place for the rules);
-like a real field controller, it keeps one last floor of its own: it never shows a
-yellow shorter than its configured minimum, whatever a command says.
+then the new green. Deciding what is safe is the brain's safety layer's job (one
+place for the rules); like a real field controller, it keeps a floor of its own: it
+never shows a yellow shorter than its configured minimum, whatever a command says,
+and it never depends on the brain to stay safe. If the brain falls silent for longer
+than the fail-safe timeout it runs its own plan (mode `fallback`) and says so in
+every report; the next remote command takes it back.
+
+Modes: `remote` (the brain's commands), `plan` (its own timing plan, an operator's
+order), `fallback` (its plan, because the brain is silent), `flash` (after clearing
+the junction: flashing, every head `o`).
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from dataclasses import dataclass
 
 from urbanbrain.devices.protocol import SignalCommand
 from urbanbrain.network.model import GREEN_CHARS, Phase
+
+FLASH = "o"  # SUMO's "off, blinking": drivers give way as at an unsignalised junction
 
 
 def change_interval_states(from_state: str, to_state: str) -> tuple[str, str]:
@@ -40,26 +49,31 @@ def change_interval_states(from_state: str, to_state: str) -> tuple[str, str]:
 
 @dataclass
 class _Change:
-    target: int
+    target: int | None  # None: to flashing
     started: float
     yellow_until: float
     red_until: float
+    from_state: str  # what the heads showed when it began
 
 
 class SignalController:
-    """Remote-mode controller state machine for one intersection.
-
-    `state_at(now)` gives what the heads show; `apply(cmd, now)` starts a change.
-    Time is the scenario clock in seconds.
-    """
+    """One intersection's controller. `state_at(now)` gives what the heads show;
+    `apply(cmd, now)` executes a command. Time is the city clock in seconds."""
 
     def __init__(self, intersection_id: str, phases: tuple[Phase, ...], start_phase: int = 0, now: float = 0.0,
-                 min_yellow_s: float = 3.0):
+                 min_yellow_s: float = 3.0, plan_yellow_s: float = 3.0, plan_all_red_s: float = 2.0,
+                 failsafe_s: float | None = 10.0):
         self.intersection_id = intersection_id
         self.min_yellow_s = min_yellow_s
+        self.plan_yellow_s = max(plan_yellow_s, min_yellow_s)
+        self.plan_all_red_s = plan_all_red_s
+        self.failsafe_s = failsafe_s
         self.phases = phases
         self.phase = start_phase
         self.green_since = now
+        self.mode = "remote"
+        self.last_heard = now
+        self._flashing = False
         self._change: _Change | None = None
 
     @property
@@ -69,37 +83,71 @@ class SignalController:
     def apply(self, command: SignalCommand, now: float) -> None:
         """Execute a command the safety layer let through."""
         self.advance(now)
+        self.last_heard = now
+        if command.action == "plan":
+            if self.mode == "flash":
+                self._leave_flash(now)
+            self.mode = "plan"
+            return
+        if command.action == "flash":
+            if self.mode != "flash":
+                self._start_change(None, now, self.plan_yellow_s, self.plan_all_red_s)
+                self.mode = "flash"
+            return
+        if self.mode == "flash":
+            self._leave_flash(now)  # back through all-red; remote control resumes at the first green
+            self.mode = "remote"
+            return
+        self.mode = "remote"
         if command.action == "hold" or self._change is not None:
             return
         target = command.phase if command.phase is not None else (self.phase + 1) % len(self.phases)
         if target == self.phase:
             return
-        yellow = max(command.yellow_s, self.min_yellow_s)
-        self._change = _Change(
-            target=target,
-            started=now,
-            yellow_until=now + yellow,
-            red_until=now + yellow + command.all_red_s,
-        )
+        self._start_change(target, now, max(command.yellow_s, self.min_yellow_s), command.all_red_s)
 
     def advance(self, now: float) -> None:
-        """Finish a change interval whose time is up."""
+        """Finish a change interval whose time is up; in plan or fallback mode, run the
+        plan; in remote mode, fall back when the brain has been silent too long."""
         if self._change is not None and now >= self._change.red_until:
-            self.phase = self._change.target
-            self.green_since = self._change.red_until
+            if self._change.target is None:
+                self._flashing = True
+            else:
+                self.phase = self._change.target
+                self.green_since = self._change.red_until
             self._change = None
+        if self.mode == "remote" and self.failsafe_s is not None and now - self.last_heard > self.failsafe_s:
+            self.mode = "fallback"
+        if self.mode in ("plan", "fallback") and self._change is None and len(self.phases) > 1:
+            if now - self.green_since >= self.phases[self.phase].plan_green_s:
+                self._start_change((self.phase + 1) % len(self.phases), now, self.plan_yellow_s, self.plan_all_red_s)
 
     def state_at(self, now: float) -> str:
         self.advance(now)
-        current = self.phases[self.phase].state
-        if self._change is None:
-            return current
-        yellow, red = change_interval_states(current, self.phases[self._change.target].state)
-        return yellow if now < self._change.yellow_until else red
+        if self._flashing:
+            return FLASH * len(self.phases[self.phase].state)
+        change = self._change
+        if change is None:
+            return self.phases[self.phase].state
+        to_state = "r" * len(change.from_state) if change.target is None else self.phases[change.target].state
+        yellow, red = change_interval_states(change.from_state, to_state)
+        return yellow if now < change.yellow_until else red
 
     def report_phase(self, now: float) -> tuple[int | None, float]:
-        """(green phase or None during a change interval, seconds since it began)."""
+        """(green phase or None during a change interval or flashing, seconds since it began)."""
         self.advance(now)
-        if self._change is None:
+        if self._change is None and not self._flashing:
             return self.phase, now - self.green_since
-        return None, now - self._change.started
+        return None, now - (self._change.started if self._change is not None else self.green_since)
+
+    def _start_change(self, target: int | None, now: float, yellow_s: float, all_red_s: float) -> None:
+        self._change = _Change(target=target, started=now, yellow_until=now + yellow_s,
+                               red_until=now + yellow_s + all_red_s, from_state=self.phases[self.phase].state)
+
+    def _leave_flash(self, now: float) -> None:
+        """From flashing to the current phase's green through a full all-red."""
+        if self._flashing:
+            self._flashing = False
+            self._change = _Change(target=self.phase, started=now, yellow_until=now,
+                                   red_until=now + max(self.plan_all_red_s, self.plan_yellow_s),
+                                   from_state="r" * len(self.phases[self.phase].state))

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from urbanbrain.service.city import BatchError, CityRuntime
-from urbanbrain.service.keys import ADMIN, POST_EVENTS, READ, KeyError_, Principal, authenticate, create_key
+from urbanbrain.service.keys import ADMIN, POST_EVENTS, READ, STEER, KeyError_, Principal, authenticate, create_key
 from urbanbrain.store import Store
 
 COCKPIT = Path(__file__).resolve().parent.parent / "cockpit" / "static"
@@ -35,6 +35,10 @@ class ServiceState:
         self.runtime: CityRuntime | None = None
         self.twin = "off"  # off | starting | running | finished | failed
         self.twin_error: str | None = None
+
+
+class ControlRequest(BaseModel):
+    controller: Literal["brain", "fixed", "flash"]
 
 
 class KeyRequest(BaseModel):
@@ -143,6 +147,16 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
     @app.get("/api/alerts", dependencies=[reader])
     def alerts(status: Literal["new", "acknowledged", "resolved"] | None = None) -> list[dict[str, Any]]:
         return []  # incident detection (issue 5) fills this
+
+    @app.post("/api/intersections/{intersection_id}/control")
+    def control(intersection_id: str, body: ControlRequest,
+                who: Annotated[Principal, Depends(principal(STEER))]) -> dict[str, Any]:
+        city = runtime()
+        if intersection_id not in city.network.intersections:
+            raise HTTPException(404, f"no intersection {intersection_id!r}")
+        row = city.set_controller(intersection_id, body.controller)
+        store.add_audit(who.name, who.role, "control", intersection_id, {"controller": body.controller})
+        return row
 
     @app.get("/api/audit")
     def audit_log(who: Annotated[Principal, Depends(principal(ADMIN))],

@@ -29,6 +29,7 @@ from urbanbrain.service.keys import Principal
 from urbanbrain.state.estimator import SensorEstimator
 from urbanbrain.store import Store, StoredEvent
 
+_LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field controller's own mode
 SILENT_AFTER_S = 30.0  # a device with no event for this long (city time) is flagged silent
 
 
@@ -91,6 +92,9 @@ class CityRuntime:
         for device_id, kind, last_time, received, count in store.device_summary():
             self.devices[device_id] = [kind, last_time, received, count]
         self.modes: dict[str, str] = store.controller_modes()
+        for intersection_id, mode in self.modes.items():  # an operator's order survives a restart
+            if mode != "brain" and intersection_id in network.intersections:
+                self.brain.local[intersection_id] = _LOCAL[mode]
         self.bus.subscribe("signal", self._new_commands.append)
         self.bus.subscribe("detector", self._count_throughput)
 
@@ -147,9 +151,12 @@ class CityRuntime:
         self.city_time = now
         self._last_tick = now
         self.brain.tick(now)
-        self._flush(now)
+        self._flush()
+        self._measure(now)
+        self._notify(self.tick_message())
 
-    def _flush(self, now: float) -> None:
+    def _flush(self) -> None:
+        """Store the commands and decisions the brain just made, then tell the listeners."""
         commands, self._new_commands[:] = list(self._new_commands), []
         if commands:
             ids = self.store.add_commands([(controller_device(c.intersection), c.intersection, c.time,
@@ -162,8 +169,6 @@ class CityRuntime:
             self.store.add_decisions(decisions)
             for decision in decisions:
                 self._notify({"type": "decision", **_jsonable(decision)})
-        self._measure(now)
-        self._notify(self.tick_message())
 
     def _on_decision(self, entry: dict[str, Any]) -> None:
         if entry["outcome"] != "kept":  # keep decisions stay in memory (BrainLoop.recent): one per contested second
@@ -196,6 +201,22 @@ class CityRuntime:
                "mean_delay_s": minute.stopped_veh_s / minute.throughput if minute.throughput else 0.0}
         self.store.put_kpi_minute(row)
         self._notify({"type": "kpi", **row})
+
+    # -- operators ------------------------------------------------------------------
+
+    def set_controller(self, intersection_id: str, controller: str) -> dict[str, Any]:
+        """An operator's order: `fixed` (the field controller's own plan), `flash`, or
+        `brain`. Stored first, so it survives a restart; the command goes out through
+        the safety layer like every other."""
+        if controller not in ("brain", *_LOCAL):
+            raise ValueError(f"controller {controller!r}: choose brain, fixed or flash")
+        with self._lock:
+            self.store.set_controller_mode(intersection_id, controller)
+            self.modes[intersection_id] = controller
+            now = self.city_time if self.city_time is not None else 0.0
+            self.brain.set_local(intersection_id, _LOCAL.get(controller), now)
+            self._flush()
+            return self._intersection_row(intersection_id)
 
     # -- what the API and the cockpit read --------------------------------------------
 

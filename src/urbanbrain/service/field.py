@@ -24,6 +24,12 @@ from urbanbrain.twin.sumo_twin import Twin
 
 # send(events, commands_after) -> the (id, command) pairs issued after that id
 Transport = Callable[[list[dict[str, Any]], int], list[tuple[int, dict[str, Any]]]]
+MAX_UNSENT = 100_000  # events a field keeps while the brain is unreachable (the oldest go first)
+MAX_BATCH = 5_000
+
+
+class BrainUnreachable(ConnectionError):
+    """The brain did not answer; the field keeps running on its controllers' fail-safe."""
 
 
 class TwinField:
@@ -40,10 +46,13 @@ class TwinField:
             self.bus.subscribe(kind, self._outbox.append)
         self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path)
         self.last_command = 0
+        self.unsent: list[dict[str, Any]] = []
+        self.brain_reachable = True
         self.stop_requested = threading.Event()
 
-    def run(self, on_start: Callable[[], None] | None = None) -> None:
-        """Step the twin until the horizon, the end of its demand, or `stop()`."""
+    def run(self, on_start: Callable[[], None] | None = None, on_step: Callable[[float], None] | None = None) -> None:
+        """Step the twin until the horizon, the end of its demand, or `stop()`;
+        `on_step(now)` is called after each second's exchange (monitoring, tests)."""
         self.twin.start()
         try:
             if on_start is not None:
@@ -56,6 +65,8 @@ class TwinField:
                     break
                 self.twin.step()
                 self._exchange()
+                if on_step is not None:
+                    on_step(self.twin.now)
                 if self.speed > 0:
                     lag = (self.twin.now - begin) / self.speed - (time.monotonic() - started)
                     if lag > 0:
@@ -67,29 +78,42 @@ class TwinField:
         self.stop_requested.set()
 
     def _exchange(self) -> None:
-        events = [e.model_dump(mode="json") for e in self._outbox]
+        """Send what the devices saw (and what could not be sent before, oldest first),
+        apply the commands that come back. An unreachable brain stops nothing: the
+        events wait (resent later, the brain drops duplicates) and the controllers'
+        fail-safe takes over."""
+        self.unsent += [e.model_dump(mode="json") for e in self._outbox]
         self._outbox.clear()
-        if not events:
-            return
-        for command_id, payload in self.send(events, self.last_command):
-            self.last_command = max(self.last_command, command_id)
-            self.bus.publish(parse_command(payload))
+        del self.unsent[:-MAX_UNSENT]
+        while self.unsent:
+            batch = self.unsent[:MAX_BATCH]
+            try:
+                commands = self.send(batch, self.last_command)
+            except BrainUnreachable:
+                self.brain_reachable = False
+                return
+            self.brain_reachable = True
+            del self.unsent[:len(batch)]
+            for command_id, payload in commands:
+                self.last_command = max(self.last_command, command_id)
+                self.bus.publish(parse_command(payload))
 
 
-def http_transport(brain_url: str, key: str, timeout_s: float = 10.0) -> Transport:
-    """Post each second's events to a brain service; resend the same batch after a
-    timeout (the brain drops what it already has, by device and sequence number)."""
+def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transport:
+    """Post a batch of events to a brain service. No answer (or a server error) raises
+    `BrainUnreachable`, and the field resends the batch later; the brain drops what
+    it already has, by device and sequence number. A refusal (bad batch, bad key) is
+    a configuration error and stops the field with the brain's explanation."""
     client = httpx.Client(base_url=brain_url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout_s)
 
     def send(events: list[dict[str, Any]], after: int) -> list[tuple[int, dict[str, Any]]]:
-        for attempt in range(5):
-            try:
-                response = client.post("/api/events", json=events, params={"commands_after": after})
-            except httpx.TransportError:
-                time.sleep(0.5 * 2 ** attempt)
-                continue
-            if response.status_code != 200:
-                raise RuntimeError(f"brain refused the batch: {response.status_code} {response.text[:500]}")
-            return [(c["id"], c["command"]) for c in response.json()["commands"]]
-        raise RuntimeError(f"brain at {brain_url} unreachable after 5 attempts")
+        try:
+            response = client.post("/api/events", json=events, params={"commands_after": after})
+        except httpx.TransportError as exc:
+            raise BrainUnreachable(f"brain at {brain_url}: {exc}") from None
+        if response.status_code >= 500:
+            raise BrainUnreachable(f"brain at {brain_url}: {response.status_code}")
+        if response.status_code != 200:
+            raise RuntimeError(f"brain refused the batch: {response.status_code} {response.text[:500]}")
+        return [(c["id"], c["command"]) for c in response.json()["commands"]]
     return send

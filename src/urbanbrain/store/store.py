@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, tuple_, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from urbanbrain.store.schema import (api_keys, audit, commands, controller_modes, decisions, device_events,
@@ -77,28 +77,23 @@ class Store:
 
     def append_events(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """Store the events not stored before (by device and sequence number), in one
-        transaction; returns those that were new, in order."""
+        transaction; returns those that were new, in order. The database decides what
+        is new (insert, skipping conflicts, returning what went in), so two services
+        or a resend racing each other cannot store an event twice."""
         if not events:
             return []
+        now = utcnow()
+        statement = (self._insert(device_events).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+                     .returning(device_events.c.device_id, device_events.c.seq))
         with self.engine.begin() as connection:
-            keys = list({(e.device_id, e.seq) for e in events})
-            seen: set[tuple[str, int]] = set()
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                rows = connection.execute(select(device_events.c.device_id, device_events.c.seq)
-                                          .where(tuple_(device_events.c.device_id, device_events.c.seq).in_(chunk)))
-                seen.update((device_id, seq) for device_id, seq in rows)
-            fresh = []
-            for e in events:
-                if (e.device_id, e.seq) not in seen:
-                    seen.add((e.device_id, e.seq))
-                    fresh.append(e)
-            if fresh:
-                now = utcnow()
-                connection.execute(
-                    self._insert(device_events).on_conflict_do_nothing(index_elements=["device_id", "seq"]),
-                    [{"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "time": e.time, "received_at": now,
-                      "payload": e.payload} for e in fresh])
+            stored = set(connection.execute(statement, [
+                {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "time": e.time, "received_at": now,
+                 "payload": e.payload} for e in events]).tuples().all())
+        fresh = []
+        for e in events:
+            if (e.device_id, e.seq) in stored:
+                stored.discard((e.device_id, e.seq))  # a second copy in the same batch is a duplicate
+                fresh.append(e)
         return fresh
 
     def events(self, device_id: str | None = None, limit: int = 1000) -> list[StoredEvent]:

@@ -57,6 +57,7 @@ class Twin:
         layout: DeviceLayout | None = None,
         tripinfo_path: Path | None = None,
         step_length_s: float = 1.0,
+        failsafe_s: float | None = 10.0,
     ):
         if local_program not in (None, "static", "actuated", "delay_based"):
             raise ValueError(f"unknown local program {local_program!r}")
@@ -68,6 +69,7 @@ class Twin:
         self.layout = layout or DeviceLayout()
         self.tripinfo_path = tripinfo_path
         self.step_length_s = step_length_s
+        self.failsafe_s = failsafe_s  # remote controllers run their plan after this long without a command
         self.stations: list[Station] = place_devices(network, self.layout)
         self.controllers: dict[str, SignalController] = {}
         self._shown: dict[str, str] = {}
@@ -112,7 +114,9 @@ class Twin:
                 libsumo.inductionloop.subscribe(loop.detector_id, [_IDS, _OCC, _SPEED])
         if self.local_program is None:
             for intersection in self.network.intersections.values():
-                self.controllers[intersection.id] = SignalController(intersection.id, intersection.phases, 0, self.now)
+                self.controllers[intersection.id] = SignalController(
+                    intersection.id, intersection.phases, 0, self.now, plan_yellow_s=intersection.clearance.yellow_s,
+                    plan_all_red_s=intersection.clearance.all_red_s, failsafe_s=self.failsafe_s)
         self._show_remote_states()
         self.bus.publish_all(self._controller_reports())
 
@@ -196,7 +200,7 @@ class Twin:
             controller = self.controllers.get(intersection.id)
             if controller is not None:
                 phase, in_stage = controller.report_phase(self.now)
-                state, mode = controller.state_at(self.now), "remote"
+                state, mode = controller.state_at(self.now), controller.mode
             else:
                 state = libsumo.trafficlight.getRedYellowGreenState(intersection.id)
                 phase = next((p.index for p in intersection.phases if p.state == state), None)

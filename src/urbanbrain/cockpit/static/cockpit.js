@@ -1,0 +1,1246 @@
+// urbanbrain cockpit: the operator's view of the city, in plain JavaScript.
+//
+// Data flow: REST calls (docs/api.md) load the network and an initial snapshot; the
+// /live WebSocket then pushes one `tick` per city second plus `kpi`, `decision` and
+// `alert` messages. Messages only update `state`; drawing happens at most once per
+// animation frame (see scheduleRender), because with `--speed 0` the twin can send
+// hundreds of ticks a second and repainting on each would freeze the page.
+//
+// Everything is built with DOM calls and textContent, never innerHTML with data, so
+// ids and alert texts coming from the field cannot inject markup.
+
+// ---------------------------------------------------------------- settings
+
+const KEY_STORE = 'urbanbrain.apiKey';
+const API_TIMEOUT_MS = 10_000;
+const DEVICES_EVERY_MS = 10_000;
+const HEALTH_EVERY_MS = 10_000;
+const PANEL_EVERY_MS = 3_000;
+const ALERTS_EVERY_MS = 30_000;
+const STALE_AFTER_MS = 5_000;          // live feed open but silent this long: say so
+const RECONNECT_MAX_MS = 30_000;
+const KPI_WINDOW_S = 3 * 3600;         // charts show the last three city hours
+const QUEUE_FULL_VEH = 20;             // top of the lane colour scale (and "20+")
+const MARKER_R = 11;                   // marker ring radius, in screen pixels
+
+// A cividis-like ramp (blue -> grey -> yellow): lightness rises with the queue, so it
+// reads the same with any colour vision and in greyscale. It starts at a mid blue
+// rather than cividis' navy so that empty lanes stay visible on the dark map.
+const RAMP = ['#2b4272', '#4b5a76', '#77767a', '#a39a73', '#d3c163', '#fee838'];
+
+// Okabe-Ito colours, safe for the common colour-vision deficiencies; each line also
+// has its own dash pattern so the charts survive greyscale printing too.
+const OI = { orange: '#E69F00', sky: '#56B4E9', green: '#009E73', yellow: '#F0E442', vermillion: '#D55E00', purple: '#CC79A7' };
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+// ---------------------------------------------------------------- state
+
+const state = {
+  key: null,
+  running: false,
+  network: null,
+  inters: new Map(),      // id -> latest row (REST row merged with tick fields)
+  laneQueue: new Map(),   // lane id -> queue (veh)
+  kpis: [],               // rows of /api/kpis, sorted by minute
+  alerts: new Map(),      // id -> alert
+  devices: null,          // last /api/devices answer
+  kpisLoaded: false,
+  alertsLoaded: false,
+  selected: null,         // selected intersection id
+  detail: null,           // last GET /api/intersections/{id} of the selection
+  detailAt: null,         // city time at which detail.time_in_phase_s was valid
+  cityTime: null,
+  timers: [],
+};
+
+const live = { ws: null, attempts: 0, retryAt: null, retryTimer: null, lastMsgAt: 0, dropped: false };
+const dirty = { markers: new Set(), lanes: false, charts: false, panel: false, alerts: false, devices: false };
+
+// ---------------------------------------------------------------- small helpers
+
+const $ = (id) => document.getElementById(id);
+
+/** Create an HTML element: h('p', {class: 'x'}, 'text', child, ...). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  setAttrs(el, attrs);
+  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
+/** Create an SVG element with attributes. */
+function s(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  setAttrs(el, attrs);
+  el.append(...children.filter((c) => c !== null && c !== undefined));
+  return el;
+}
+
+function setAttrs(el, attrs) {
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+}
+
+const pad2 = (n) => String(n).padStart(2, '0');
+
+/** City seconds as HH:MM:SS. Scenario clocks count from midnight; a real city sends
+ *  Unix time, which is shown in the browser's local time. */
+function fmtClock(t, withSeconds = true) {
+  if (t === null || t === undefined || !Number.isFinite(t)) return withSeconds ? '--:--:--' : '--:--';
+  let hh, mm, ss, day = 0;
+  if (t >= 1e9) {
+    const d = new Date(t * 1000);
+    [hh, mm, ss] = [d.getHours(), d.getMinutes(), d.getSeconds()];
+  } else {
+    day = Math.floor(t / 86400);
+    const r = Math.floor(t - day * 86400);
+    [hh, mm, ss] = [Math.floor(r / 3600), Math.floor((r % 3600) / 60), r % 60];
+  }
+  const text = withSeconds ? `${pad2(hh)}:${pad2(mm)}:${pad2(ss)}` : `${pad2(hh)}:${pad2(mm)}`;
+  return day > 0 ? `day ${day + 1} ${text}` : text;
+}
+
+function fmtNum(v, digits = 1) {
+  return v === null || v === undefined || !Number.isFinite(v) ? '—' : v.toFixed(digits);
+}
+
+function fmtDuration(sec) {
+  if (!Number.isFinite(sec)) return '—';
+  if (sec < 90) return `${Math.round(sec)} s`;
+  if (sec < 5400) return `${Math.round(sec / 60)} min`;
+  return `${(sec / 3600).toFixed(1)} h`;
+}
+
+function showMessage(id, text, kind = 'error') {
+  const el = $(id);
+  el.textContent = text || '';
+  el.dataset.kind = kind;
+}
+
+// ---------------------------------------------------------------- API access
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** fetch() with the key, a timeout and readable errors. A 401 signs out, but only
+ *  if it answers the key still in use (a late reply to an old key must not undo a
+ *  fresh sign-in). */
+async function api(path, { method = 'GET', body } = {}) {
+  const key = state.key;
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), API_TIMEOUT_MS);
+  let res;
+  try {
+    const headers = { 'X-API-Key': key, Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    res = await fetch(path, {
+      method, headers, cache: 'no-store', signal: abort.signal,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new ApiError(0, err.name === 'AbortError' ? 'the server took too long to answer' : 'the server cannot be reached');
+  } finally {
+    clearTimeout(timer);
+  }
+  if (res.status === 401) {
+    if (key === state.key) signOut('Your key was not accepted (401). Enter a valid API key.');
+    throw new ApiError(401, 'not signed in');
+  }
+  if (!res.ok) throw new ApiError(res.status, await errorText(res));
+  return res.status === 204 ? null : res.json();
+}
+
+/** The `detail` of a FastAPI error: a string, or a list of {field, error} items. */
+async function errorText(res) {
+  try {
+    const data = await res.json();
+    const d = data && data.detail;
+    if (typeof d === 'string') return d;
+    if (Array.isArray(d)) return d.map((e) => [e.field, e.error || e.msg].filter(Boolean).join(': ')).join('; ');
+  } catch { /* not JSON: fall through */ }
+  return `HTTP ${res.status}`;
+}
+
+function failText(what, err) {
+  if (err.status === 403) return `Your key's role may not read ${what}.`;
+  if (err.status) return `Could not load ${what} (${err.status}: ${err.message}).`;
+  return `Could not load ${what}: ${err.message}.`;
+}
+
+// ---------------------------------------------------------------- sign-in
+
+/** The key from `#key=...`, removed from the address bar so it does not linger in
+ *  the history or get copied along with the URL. */
+function keyFromFragment() {
+  // Not URLSearchParams: it would turn a '+' in the key into a space.
+  const match = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+  if (!match) return null;
+  history.replaceState(null, '', location.pathname + location.search);
+  let key = match[1];
+  try { key = decodeURIComponent(key); } catch { /* keep it as typed */ }
+  return key.trim() || null;
+}
+
+function showLogin(message) {
+  const dialog = $('login');
+  $('login-message').textContent = message || '';
+  $('login-key').value = '';
+  if (!dialog.open) dialog.showModal();
+  $('login-key').focus();
+}
+
+function signOut(message) {
+  stop();
+  state.key = null;
+  sessionStorage.removeItem(KEY_STORE);
+  setConnection('signed-out', 'Signed out');
+  showLogin(message);
+}
+
+async function start(key) {
+  stop();
+  state.key = key;
+  state.running = true;
+  sessionStorage.setItem(KEY_STORE, key);
+  const dialog = $('login');
+  if (dialog.open) dialog.close();
+  setConnection('connecting', 'Connecting…');
+  refreshHealth();
+
+  // The network is needed first anyway, and its answer doubles as the key check: a
+  // bad key gets one 401 (back to the form) instead of one per endpoint.
+  if (state.network) await api('/api/alerts?status=new').catch(() => {});   // map kept from before
+  else await loadNetwork();
+  if (!state.running || state.key !== key) return;
+
+  refreshIntersections();
+  loadLaneQueues();
+  loadKpis();
+  refreshAlerts();
+  refreshDevices();
+  connectLive();
+  state.timers.push(
+    setInterval(refreshDevices, DEVICES_EVERY_MS),
+    setInterval(refreshHealth, HEALTH_EVERY_MS),
+    setInterval(() => refreshPanel(), PANEL_EVERY_MS),
+    setInterval(refreshAlerts, ALERTS_EVERY_MS),
+    setInterval(tickEverySecond, 1000),
+  );
+}
+
+function stop() {
+  state.running = false;
+  state.timers.forEach(clearInterval);
+  state.timers = [];
+  clearTimeout(live.retryTimer);
+  live.retryAt = null;
+  const ws = live.ws;
+  live.ws = null;           // detach first so onclose does not schedule a reconnect
+  if (ws) ws.close();
+}
+
+// ---------------------------------------------------------------- header
+
+function setConnection(kind, text) {
+  const el = $('connection');
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+function setCityTime(t) {
+  if (!Number.isFinite(t)) return;
+  state.cityTime = t;
+  $('city-clock').textContent = fmtClock(t);
+}
+
+async function refreshHealth() {
+  try {
+    const res = await fetch('/health', { cache: 'no-store' });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const hdata = await res.json();
+    $('twin-status').textContent = hdata.twin ?? '—';
+    $('twin-status').dataset.twin = hdata.twin ?? '';
+    $('twin-status').title = hdata.twin_error || '';
+    // The live feed is the better clock; health only fills in before the first tick.
+    if (hdata.city_time !== null && (!live.ws || Date.now() - live.lastMsgAt > STALE_AFTER_MS)) setCityTime(hdata.city_time);
+  } catch {
+    $('twin-status').textContent = 'unknown (no answer)';
+    $('twin-status').dataset.twin = 'unknown';
+  }
+}
+
+/** Once a second: connection wording (stale feed, reconnect countdown). */
+function tickEverySecond() {
+  if (live.ws && live.ws.readyState === WebSocket.OPEN) {
+    const quiet = Date.now() - live.lastMsgAt;
+    if (live.lastMsgAt && quiet > STALE_AFTER_MS) setConnection('stale', `Connected, no update for ${fmtDuration(quiet / 1000)}`);
+  } else if (live.retryAt) {
+    const sec = Math.max(0, Math.ceil((live.retryAt - Date.now()) / 1000));
+    setConnection('offline', `Disconnected, retrying in ${sec} s`);
+  }
+}
+
+// ---------------------------------------------------------------- live feed
+
+function connectLive() {
+  if (!state.running) return;
+  live.retryAt = null;
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const url = `${scheme}//${location.host}/live?key=${encodeURIComponent(state.key)}`;
+  setConnection('connecting', live.attempts ? 'Reconnecting…' : 'Connecting…');
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch {
+    scheduleReconnect();
+    return;
+  }
+  live.ws = ws;
+  ws.onopen = () => {
+    if (live.ws !== ws) return;
+    live.attempts = 0;
+    live.lastMsgAt = Date.now();
+    setConnection('live', 'Live');
+    // Messages were missed while the feed was down: reload what they would have told us.
+    if (live.dropped) {
+      live.dropped = false;
+      refreshIntersections();
+      loadKpis();
+      refreshAlerts();
+    }
+  };
+  ws.onmessage = (ev) => {
+    if (live.ws !== ws) return;
+    live.lastMsgAt = Date.now();
+    if ($('connection').dataset.state !== 'live') setConnection('live', 'Live');
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    onLiveMessage(msg);
+  };
+  ws.onclose = (ev) => {
+    if (live.ws !== ws) return;   // we closed it on purpose
+    live.ws = null;
+    live.dropped = true;
+    // The service refuses a bad key with close code 4401 and a key whose role may not
+    // read with 4403 (the browser hides HTTP statuses of WebSocket handshakes).
+    if (ev.code === 4401) { signOut('Your key was not accepted (401). Enter a valid API key.'); return; }
+    if (ev.code === 4403) { signOut("Your key's role may not view the cockpit. Use a viewer, operator or admin key."); return; }
+    // Otherwise a cheap REST call tells a revoked key (401 -> sign-in form) from a
+    // server that is just down, then we retry.
+    refreshAlerts();
+    scheduleReconnect();
+  };
+}
+
+function scheduleReconnect() {
+  if (!state.running) return;
+  // Exponential backoff with jitter, so a restarted server is not hit by every
+  // cockpit at the same instant.
+  const delay = Math.min(RECONNECT_MAX_MS, 1000 * 2 ** live.attempts) * (0.8 + Math.random() * 0.4);
+  live.attempts += 1;
+  live.retryAt = Date.now() + delay;
+  tickEverySecond();
+  clearTimeout(live.retryTimer);
+  live.retryTimer = setTimeout(connectLive, delay);
+}
+
+function onLiveMessage(msg) {
+  switch (msg.type) {
+    case 'tick': {
+      setCityTime(msg.time);
+      for (const r of msg.intersections || []) mergeIntersection(r);
+      if (msg.lanes) {
+        for (const [id, q] of Object.entries(msg.lanes)) state.laneQueue.set(id, q);
+        dirty.lanes = true;
+      }
+      updateDetailFromTick();
+      break;
+    }
+    case 'kpi': {
+      const { type, ...row } = msg;
+      addKpis([row]);
+      break;
+    }
+    case 'decision': {
+      const { type, ...d } = msg;
+      if (state.detail && d.intersection === state.selected) {
+        const list = state.detail.decisions || (state.detail.decisions = []);
+        if (!list.some((x) => sameDecision(x, d))) list.unshift(d);
+        list.length = Math.min(list.length, 20);
+        dirty.panel = true;
+        refreshPanelSoon();
+      }
+      break;
+    }
+    case 'alert': {
+      // An alert row has a `type` of its own (e.g. "incident") that clashes with the
+      // message type: accept {"type": "alert", "alert": {...}} as well as a flat row.
+      const { type, ...a } = msg;
+      addAlert(msg.alert && typeof msg.alert === 'object' ? msg.alert : a);
+      break;
+    }
+    default:
+      // A flat alert whose own `type` overwrote "alert": recognise it by its fields.
+      if (msg.id !== undefined && 'severity' in msg && 'status' in msg) addAlert(msg);
+      else return;   // unknown message types are ignored: the API may grow
+  }
+  scheduleRender();
+}
+
+function addAlert(a) {
+  if (a.id === undefined || a.id === null) return;
+  state.alerts.set(a.id, a);
+  dirty.alerts = true;
+}
+
+const sameDecision = (a, b) => a.time === b.time && a.phase === b.phase && a.outcome === b.outcome;
+
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    for (const id of dirty.markers) updateMarker(id);
+    dirty.markers.clear();
+    if (dirty.lanes) { dirty.lanes = false; paintLanes(); }
+    if (dirty.charts) { dirty.charts = false; renderCharts(); }
+    if (dirty.panel) { dirty.panel = false; renderPanelData(); }
+    if (dirty.alerts) { dirty.alerts = false; renderAlerts(); }
+    if (dirty.devices) { dirty.devices = false; renderDevices(); }
+  });
+}
+
+// ---------------------------------------------------------------- REST loads
+
+async function loadNetwork() {
+  if (state.network) return;
+  showMessage('map-message', 'Loading network…', 'info');
+  try {
+    const net = await api('/api/network');
+    state.network = net;
+    $('city-name').textContent = net.name || '';
+    document.title = `${net.name} · urbanbrain cockpit`;
+    buildMap(net);
+    showMessage('map-message', '');
+  } catch (err) {
+    if (err.status === 401 || !state.running) return;
+    if (err.status === 403) {
+      signOut("Your key's role may not view the cockpit. Use a viewer, operator or admin key.");
+      return;
+    }
+    showMessage('map-message', `${failText('the network', err)} Retrying…`);
+    retryLater(loadNetwork);
+  }
+}
+
+/** Try `load` again in a few seconds, unless signed out (or signed in anew) meanwhile.
+ *  The service answers 503 until its city is loaded, so first loads often need this. */
+function retryLater(load, ms = 5000) {
+  const key = state.key;
+  setTimeout(() => state.running && state.key === key && load(), ms);
+}
+
+function mergeIntersection(r) {
+  const row = state.inters.get(r.id) || {};
+  state.inters.set(r.id, Object.assign(row, r));
+  dirty.markers.add(r.id);
+}
+
+async function refreshIntersections() {
+  try {
+    const rows = await api('/api/intersections');
+    rows.forEach(mergeIntersection);
+    if ($('map-message').dataset.kind === 'error' && state.network) showMessage('map-message', '');
+    scheduleRender();
+  } catch (err) {
+    if (err.status === 401) return;
+    showMessage('map-message', failText('the signal states', err));
+    retryLater(refreshIntersections);
+  }
+}
+
+/** Lane queues before the first tick; best effort, the feed fills them in anyway. */
+async function loadLaneQueues() {
+  try {
+    const rows = await api('/api/lanes');
+    for (const r of rows) if (!state.laneQueue.has(r.id)) state.laneQueue.set(r.id, r.queue);
+    dirty.lanes = true;
+    scheduleRender();
+  } catch { /* the next tick brings them */ }
+}
+
+async function loadKpis() {
+  const since = state.cityTime !== null ? state.cityTime - KPI_WINDOW_S : null;
+  try {
+    const rows = await api(since === null ? '/api/kpis' : `/api/kpis?since=${Math.floor(since)}`);
+    state.kpisLoaded = true;
+    addKpis(rows);
+    showMessage('kpi-message', '');
+  } catch (err) {
+    if (err.status === 401) return;
+    showMessage('kpi-message', `${failText('the KPIs', err)} Retrying…`);
+    retryLater(loadKpis);
+  }
+}
+
+function addKpis(rows) {
+  const byMinute = new Map(state.kpis.map((r) => [r.minute, r]));
+  for (const r of rows) if (Number.isFinite(r.minute)) byMinute.set(r.minute, r);
+  let all = [...byMinute.values()].sort((a, b) => a.minute - b.minute);
+  const last = all.length ? all[all.length - 1].minute : 0;
+  all = all.filter((r) => r.minute >= last - KPI_WINDOW_S);
+  state.kpis = all;
+  dirty.charts = true;
+  scheduleRender();
+}
+
+let alertsBusy = false;
+async function refreshAlerts() {
+  if (alertsBusy) return;
+  alertsBusy = true;
+  try {
+    const rows = await api('/api/alerts');
+    const fresh = new Map(rows.map((a) => [a.id, a]));
+    showMessage('alerts-message', '');
+    // Re-render only on a change, so a focused button is not replaced under the user.
+    if (!state.alertsLoaded || JSON.stringify([...fresh]) !== JSON.stringify([...state.alerts])) {
+      state.alerts = fresh;
+      state.alertsLoaded = true;
+      dirty.alerts = true;
+      scheduleRender();
+    }
+  } catch (err) {
+    if (err.status !== 401) showMessage('alerts-message', failText('alerts', err));
+  } finally {
+    alertsBusy = false;
+  }
+}
+
+let devicesBusy = false;
+async function refreshDevices() {
+  if (devicesBusy) return;
+  devicesBusy = true;
+  try {
+    state.devices = await api('/api/devices');
+    showMessage('devices-message', '');
+    dirty.devices = true;
+    scheduleRender();
+  } catch (err) {
+    if (err.status !== 401) showMessage('devices-message', failText('devices', err));
+    if (!state.devices) $('devices-body').replaceChildren();
+  } finally {
+    devicesBusy = false;
+  }
+}
+
+// ---------------------------------------------------------------- map
+
+const map = {
+  svg: null,
+  home: null,        // the fitted viewBox
+  view: null,        // the current viewBox {x, y, w, h}
+  lanes: new Map(),  // lane id -> polyline (approach lanes only)
+  markers: new Map(),// intersection id -> {g, x, y, ring, core, text, label, outline, lastState}
+  painted: new Map(),// lane id -> queue fraction last painted
+};
+
+/** Network coordinates have y up, SVG y down: every point goes through this. */
+const toSvg = (x, y) => [x, -y];
+
+function buildMap(net) {
+  const svg = $('map');
+  map.svg = svg;
+  svg.replaceChildren(hatchDefs());
+  map.lanes.clear();
+  map.markers.clear();
+  map.painted.clear();
+
+  const other = s('g', { class: 'lanes-other' });
+  const approach = s('g', { class: 'lanes-approach' });
+  for (const lane of net.lanes) {
+    const pts = lane.shape.map(([x, y]) => toSvg(x, y).join(',')).join(' ');
+    const line = s('polyline', { points: pts, class: lane.intersection ? 'lane lane-in' : 'lane lane-out' });
+    if (lane.intersection) {
+      line.append(s('title', {}, document.createTextNode(`${lane.id} → ${lane.intersection}`)));
+      map.lanes.set(lane.id, line);
+      approach.append(line);
+    } else {
+      other.append(line);
+    }
+  }
+  const markers = s('g', { class: 'markers' });
+  for (const it of net.intersections) {
+    const m = makeMarker(it.id);
+    [m.x, m.y] = toSvg(it.x, it.y);
+    map.markers.set(it.id, m);
+    markers.append(m.g);
+  }
+  svg.append(other, approach, markers);
+
+  // Fit to the bounds with a margin, keeping the aspect ratio (preserveAspectRatio
+  // "meet" centres it), so the city is never stretched.
+  const [minx, miny, maxx, maxy] = net.bounds;
+  const w = Math.max(maxx - minx, 1), hgt = Math.max(maxy - miny, 1);
+  const padding = 0.06 * Math.max(w, hgt);
+  map.home = { x: minx - padding, y: -maxy - padding, w: w + 2 * padding, h: hgt + 2 * padding };
+  svg.setAttribute('preserveAspectRatio', 'xMidYMid meet');
+  setView(map.home);
+
+  for (const id of map.markers.keys()) updateMarker(id);
+  paintLanes();
+  if (state.selected) selectIntersection(state.selected, { quiet: true });
+}
+
+/** Stripe patterns marking a controller not under normal control; the pattern is
+ *  the non-colour cue (with the letter and the square outline). */
+function hatchDefs() {
+  const stripe = (id, bg, fg) => s('pattern', { id, width: 4, height: 4, patternUnits: 'userSpaceOnUse', patternTransform: 'rotate(45)' },
+    s('rect', { width: 4, height: 4, fill: bg }), s('rect', { width: 2, height: 4, fill: fg }));
+  return s('defs', {}, stripe('hatch-flash', '#3b3505', OI.yellow), stripe('hatch-fallback', '#2a2f38', '#9aa4b2'));
+}
+
+function makeMarker(id) {
+  const g = s('g', {
+    class: 'marker', 'data-testid': `intersection-${id}`, 'data-id': id, tabindex: 0, role: 'button',
+    'aria-pressed': 'false', 'data-signal-state': '', 'data-phase': '', 'data-controller': '',
+  });
+  const title = s('title');
+  const halo = s('circle', { class: 'm-select', r: MARKER_R + 6 });
+  const outline = s('rect', { class: 'm-outline', x: -(MARKER_R + 4), y: -(MARKER_R + 4), width: 2 * (MARKER_R + 4), height: 2 * (MARKER_R + 4), rx: 3 });
+  const ring = s('g', { class: 'm-ring' });
+  const core = s('circle', { class: 'm-core', r: MARKER_R - 3 });
+  const text = s('text', { class: 'm-text', 'text-anchor': 'middle', 'dominant-baseline': 'central' });
+  const label = s('text', { class: 'm-label', y: MARKER_R + 14, 'text-anchor': 'middle' });
+  g.append(title, halo, outline, ring, core, text, label);
+  return { g, title, ring, core, text, label, outline, lastState: null, x: 0, y: 0 };
+}
+
+/** SUMO signal characters -> our looks. SUMO's 'o' is "off, blinking yellow" (what
+ *  a controller in flash shows); 'O' is dark. */
+function signalKind(c) {
+  if ('GgsS'.includes(c)) return 'green';
+  if ('yYu'.includes(c)) return 'yellow';
+  if (c === 'o') return 'blink';
+  if ('rR'.includes(c)) return 'red';
+  return 'off';
+}
+
+/** One arc per signal group around the marker. Green arcs are drawn thick, yellow
+ *  medium, blinking yellow dashed and red thin, so the ring reads without colour. */
+function drawRing(ring, signal) {
+  ring.replaceChildren();
+  const n = signal.length;
+  if (!n) return;
+  const gap = Math.min(0.25, Math.PI / n / 2);
+  for (let i = 0; i < n; i++) {
+    const a0 = -Math.PI / 2 + (2 * Math.PI * i) / n + gap / 2;
+    const a1 = -Math.PI / 2 + (2 * Math.PI * (i + 1)) / n - gap / 2;
+    const p = (a) => `${(MARKER_R * Math.cos(a)).toFixed(2)} ${(MARKER_R * Math.sin(a)).toFixed(2)}`;
+    const large = a1 - a0 > Math.PI ? 1 : 0;
+    ring.append(s('path', { d: `M${p(a0)} A${MARKER_R} ${MARKER_R} 0 ${large} 1 ${p(a1)}`, class: `sg sg-${signalKind(signal[i])}` }));
+  }
+}
+
+/** What a marker says in its centre: the green phase, Δ in a change interval, F when flashing. */
+function markerText(row) {
+  if (row.mode === 'flash') return 'F';
+  if (row.phase !== null && row.phase !== undefined) return String(row.phase);
+  if (row.signal_state) return 'Δ';
+  return '?';
+}
+
+function describe(row) {
+  const phase = row.phase !== null && row.phase !== undefined ? `green phase ${row.phase}`
+    : row.mode === 'flash' ? 'flashing' : row.signal_state ? 'change interval' : 'no signal report';
+  return `Intersection ${row.id}: ${phase}, field mode ${row.mode ?? 'unknown'}, controller ${row.controller ?? 'unknown'}, queue ${fmtNum(row.queue_veh)} veh`;
+}
+
+function updateMarker(id) {
+  const m = map.markers.get(id);
+  const row = state.inters.get(id);
+  if (!m || !row) return;
+  const sig = row.signal_state ?? '';
+  // These attributes are the contract with the browser tests: keep them exact.
+  m.g.setAttribute('data-signal-state', sig);
+  m.g.setAttribute('data-phase', row.phase === null || row.phase === undefined ? '' : String(row.phase));
+  m.g.setAttribute('data-controller', row.controller ?? '');
+  m.g.setAttribute('data-mode', row.mode ?? '');
+  if (sig !== m.lastState) {
+    drawRing(m.ring, sig);
+    m.lastState = sig;
+  }
+  const look = row.mode === 'flash' ? 'flash' : row.mode === 'fallback' ? 'fallback' : 'normal';
+  m.g.classList.toggle('is-flash', look === 'flash');
+  m.g.classList.toggle('is-fallback', look === 'fallback');
+  m.g.classList.toggle('is-change', markerText(row) === 'Δ');
+  m.text.textContent = markerText(row);
+  const tag = [row.controller && row.controller !== 'brain' ? row.controller : null, look === 'fallback' ? 'fallback' : null].filter(Boolean).join(' · ');
+  // Real networks have ids like 'cluster_306484187_cluster_...': shorten on the map only.
+  const short = id.length > 16 ? `${id.slice(0, 14)}…` : id;
+  m.label.textContent = tag ? `${short} · ${tag}` : short;
+  const words = describe(row);
+  m.title.textContent = words;
+  m.g.setAttribute('aria-label', words);
+}
+
+/** Colour along RAMP for t in [0, 1]. */
+function rampColour(t) {
+  const x = Math.min(Math.max(t, 0), 1) * (RAMP.length - 1);
+  const i = Math.min(Math.floor(x), RAMP.length - 2);
+  const f = x - i;
+  const a = hexRgb(RAMP[i]), b = hexRgb(RAMP[i + 1]);
+  return `rgb(${a.map((v, k) => Math.round(v + (b[k] - v) * f)).join(',')})`;
+}
+const hexRgb = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+
+function paintLanes() {
+  for (const [id, line] of map.lanes) {
+    const q = state.laneQueue.get(id);
+    const t = Number.isFinite(q) ? Math.min(q / QUEUE_FULL_VEH, 1) : 0;
+    if (map.painted.get(id) === t) continue;   // big networks: touch only what changed
+    map.painted.set(id, t);
+    line.style.stroke = rampColour(t);
+    // Width grows with the queue too: a second, colour-free cue.
+    line.style.strokeWidth = `${(1.6 + 3.4 * Math.min(t, 1)).toFixed(2)}px`;
+  }
+}
+
+function setView(v) {
+  map.view = v;
+  map.svg.setAttribute('viewBox', `${v.x} ${v.y} ${v.w} ${v.h}`);
+  rescaleMarkers();
+}
+
+/** Markers keep their size on screen whatever the zoom: scale each by the current
+ *  metres-per-pixel (lanes do the same with vector-effect: non-scaling-stroke). */
+function rescaleMarkers() {
+  const ctm = map.svg && map.svg.getScreenCTM();
+  if (!ctm || !ctm.a) return;
+  const k = (1 / ctm.a).toFixed(5);
+  for (const m of map.markers.values()) m.g.setAttribute('transform', `translate(${m.x} ${m.y}) scale(${k})`);
+}
+
+function zoomAt(factor, cx, cy) {
+  if (!map.view) return;
+  const v = map.view;
+  const w = Math.min(Math.max(v.w * factor, map.home.w / 40), map.home.w * 4);
+  const f = w / v.w;
+  // Keep the point under the cursor where it is: it is a fixed point of the scaling.
+  setView({ x: cx - (cx - v.x) * f, y: cy - (cy - v.y) * f, w, h: v.h * f });
+}
+
+function clientToMap(clientX, clientY) {
+  const p = new DOMPoint(clientX, clientY).matrixTransform(map.svg.getScreenCTM().inverse());
+  return [p.x, p.y];
+}
+
+function centre() {
+  return [map.view.x + map.view.w / 2, map.view.y + map.view.h / 2];
+}
+
+function setupMapInteraction() {
+  const svg = $('map');
+  svg.addEventListener('wheel', (e) => {
+    if (!map.view) return;
+    e.preventDefault();
+    const [x, y] = clientToMap(e.clientX, e.clientY);
+    zoomAt(Math.exp(Math.max(-1, Math.min(1, e.deltaY * 0.002))), x, y);
+  }, { passive: false });
+
+  // Drag to pan. A press that moves less than a few pixels stays a click.
+  let drag = null, justDragged = false;
+  svg.addEventListener('pointerdown', (e) => {
+    if (e.button !== 0 || !map.view) return;
+    drag = { x: e.clientX, y: e.clientY, view: map.view, k: svg.getScreenCTM().a, moving: false, id: e.pointerId };
+  });
+  svg.addEventListener('pointermove', (e) => {
+    if (!drag || e.pointerId !== drag.id) return;
+    const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+    if (!drag.moving && Math.hypot(dx, dy) < 4) return;
+    if (!drag.moving) { drag.moving = true; svg.setPointerCapture(e.pointerId); svg.classList.add('panning'); }
+    setView({ ...drag.view, x: drag.view.x - dx / drag.k, y: drag.view.y - dy / drag.k });
+  });
+  const endDrag = () => {
+    if (drag && drag.moving) { justDragged = true; setTimeout(() => { justDragged = false; }, 0); }
+    drag = null;
+    svg.classList.remove('panning');
+  };
+  svg.addEventListener('pointerup', endDrag);
+  svg.addEventListener('pointercancel', endDrag);
+
+  svg.addEventListener('click', (e) => {
+    if (justDragged) return;
+    const g = e.target.closest('.marker');
+    if (g) selectIntersection(g.dataset.id);
+  });
+  svg.addEventListener('keydown', (e) => {
+    const g = e.target.closest && e.target.closest('.marker');
+    if (g && (e.key === 'Enter' || e.key === ' ')) {
+      e.preventDefault();
+      selectIntersection(g.dataset.id);
+    }
+  });
+
+  $('zoom-in').addEventListener('click', () => map.view && zoomAt(0.7, ...centre()));
+  $('zoom-out').addEventListener('click', () => map.view && zoomAt(1 / 0.7, ...centre()));
+  $('zoom-fit').addEventListener('click', () => map.home && setView(map.home));
+  new ResizeObserver(() => rescaleMarkers()).observe($('map-wrap'));
+}
+
+function buildLegend() {
+  $('legend-ramp').style.background = `linear-gradient(to right, ${RAMP.join(', ')})`;
+  const ticks = $('legend-ticks');
+  ticks.replaceChildren(...[0, 5, 10, 15, 20].map((v) => h('span', {}, v === QUEUE_FULL_VEH ? `${v}+` : String(v))));
+
+  // Sample markers drawn with the same code as the map's.
+  const samples = [
+    [{ phase: 1, signal_state: 'GGrr', mode: 'remote' }, 'green phase (number)'],
+    [{ phase: null, signal_state: 'yyrr', mode: 'remote' }, 'change interval'],
+    [{ phase: 0, signal_state: 'GGrr', mode: 'fallback' }, 'field fallback'],
+    [{ phase: null, signal_state: 'oooo', mode: 'flash' }, 'flashing'],
+  ];
+  const box = $('legend-markers');
+  box.replaceChildren(h('span', { class: 'legend-title' }, 'Signals'));
+  for (const [row, words] of samples) {
+    const m = makeMarker('legend');
+    m.g.removeAttribute('data-testid');
+    m.g.removeAttribute('tabindex');
+    m.g.removeAttribute('role');
+    m.label.remove();
+    m.g.setAttribute('transform', 'translate(17 17)');
+    drawRing(m.ring, row.signal_state);
+    m.g.classList.toggle('is-flash', row.mode === 'flash');
+    m.g.classList.toggle('is-fallback', row.mode === 'fallback');
+    m.text.textContent = markerText(row);
+    box.append(h('span', { class: 'legend-item' },
+      s('svg', { width: 24, height: 24, viewBox: '0 0 34 34', 'aria-hidden': 'true', class: 'legend-svg' }, m.g), words));
+  }
+  box.append(h('span', { class: 'legend-note', title: 'The ring has one arc per signal group' },
+    'arcs: thick green · mid yellow · dashed blinking · thin red'));
+}
+
+// ---------------------------------------------------------------- KPI charts
+
+/** Round step (1, 2 or 5 times a power of ten) giving about `count` intervals. */
+function niceStep(range, count) {
+  const raw = range / Math.max(count, 1);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const norm = raw / mag;
+  return (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 5 ? 5 : 10) * mag;
+}
+
+const TIME_STEPS = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+
+/**
+ * A small SVG line chart with axes, ticks and labels.
+ * series: [{name, colour, dash, points: [[x, y], ...]}]; x is city time (s).
+ * The y axis always starts at zero: all these KPIs are non-negative, and a
+ * truncated axis would exaggerate small changes.
+ */
+function lineChart(svg, { series, width, height, emptyText = 'No data yet' }) {
+  const M = { l: 42, r: 12, t: 10, b: 24 };
+  const W = Math.max(width, 120), H = height;
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+  svg.setAttribute('width', W);
+  svg.setAttribute('height', H);
+  svg.replaceChildren();
+  const pts = series.flatMap((sr) => sr.points);
+  if (!pts.length) {
+    svg.append(s('text', { x: W / 2, y: H / 2, class: 'chart-empty', 'text-anchor': 'middle' }, document.createTextNode(emptyText)));
+    return;
+  }
+  let x0 = Math.min(...pts.map((p) => p[0])), x1 = Math.max(...pts.map((p) => p[0]));
+  if (x1 - x0 < 600) { x1 = x0 + 600; }   // at least ten minutes wide
+  const yMaxData = Math.max(...pts.map((p) => p[1]), 0);
+  const yStep = niceStep(yMaxData || 1, 4);
+  const y1 = Math.max(yStep, Math.ceil(yMaxData / yStep) * yStep);
+  const sx = (x) => M.l + ((x - x0) / (x1 - x0)) * (W - M.l - M.r);
+  const sy = (y) => H - M.b - (y / y1) * (H - M.t - M.b);
+
+  const axes = s('g', { class: 'axis' });
+  for (let i = 0; i * yStep <= y1 + 1e-9; i++) {   // by index: adding 0.2s up drifts
+    const y = i * yStep;
+    axes.append(s('line', { x1: M.l, x2: W - M.r, y1: sy(y), y2: sy(y), class: y === 0 ? 'baseline' : 'grid' }));
+    axes.append(s('text', { x: M.l - 6, y: sy(y), 'text-anchor': 'end', 'dominant-baseline': 'middle' },
+      document.createTextNode(yStep < 1 ? y.toFixed(1) : String(Math.round(y)))));
+  }
+  const maxTicks = Math.max(2, Math.floor((W - M.l - M.r) / 70));
+  const xStep = TIME_STEPS.find((st) => (x1 - x0) / st <= maxTicks) || 86400;
+  for (let x = Math.ceil(x0 / xStep) * xStep; x <= x1; x += xStep) {
+    axes.append(s('line', { x1: sx(x), x2: sx(x), y1: H - M.b, y2: H - M.b + 4, class: 'tick' }));
+    axes.append(s('text', { x: sx(x), y: H - M.b + 15, 'text-anchor': 'middle' }, document.createTextNode(fmtClock(x, false))));
+  }
+  svg.append(axes);
+
+  for (const sr of series) {
+    if (!sr.points.length) continue;
+    const d = sr.points.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(' ');
+    svg.append(s('polyline', { points: d, class: 'series', stroke: sr.colour, 'stroke-dasharray': sr.dash || null }));
+    const [lx, ly] = sr.points[sr.points.length - 1];
+    svg.append(s('circle', { cx: sx(lx), cy: sy(ly), r: 2.5, fill: sr.colour, class: 'series-end' }));
+  }
+}
+
+const CHARTS = [
+  { id: 'chart-delay', title: 'Mean delay', unit: 's', series: [{ name: 'mean delay', field: 'mean_delay_s', colour: OI.orange, dash: null }] },
+  { id: 'chart-throughput', title: 'Throughput', unit: 'veh/min', series: [{ name: 'throughput', field: 'throughput_veh', colour: OI.green, dash: null }] },
+  { id: 'chart-vehicles', title: 'Vehicles', unit: 'veh', series: [
+    { name: 'total', field: 'vehicles', colour: OI.sky, dash: null },
+    { name: 'queued', field: 'queue_veh', colour: OI.purple, dash: '5 3' }] },
+];
+
+function buildCharts() {
+  for (const c of CHARTS) {
+    // The legend doubles as the read-out: each key shows its line style and latest value.
+    c.values = [];
+    const legend = h('span', { class: 'chart-legend' }, c.series.map((sr) => {
+      const value = h('span', { class: 'chart-value' }, '—');
+      c.values.push(value);
+      return h('span', { class: 'key' },
+        s('svg', { width: 18, height: 8, 'aria-hidden': 'true' },
+          s('line', { x1: 1, x2: 17, y1: 4, y2: 4, stroke: sr.colour, 'stroke-width': 2.5, 'stroke-dasharray': sr.dash })),
+        c.series.length > 1 ? `${sr.name} ` : '', value);
+    }));
+    c.svg = s('svg', { class: 'chart-svg', role: 'img', 'aria-label': `${c.title} chart` });
+    $(c.id).replaceChildren(h('figcaption', {}, h('span', { class: 'chart-title' }, `${c.title} (${c.unit})`), legend), c.svg);
+  }
+  new ResizeObserver(() => { dirty.charts = true; scheduleRender(); }).observe(document.querySelector('.charts'));
+}
+
+function renderCharts() {
+  const rows = state.kpis;
+  const last = rows[rows.length - 1];
+  $('kpi-latest').textContent = last ? `· latest minute ${fmtClock(last.minute, false)}` : '';
+  for (const c of CHARTS) {
+    const series = c.series.map((sr) => ({
+      ...sr, points: rows.filter((r) => Number.isFinite(r[sr.field])).map((r) => [r.minute, r[sr.field]]),
+    }));
+    lineChart(c.svg, { series, width: Math.floor(c.svg.parentElement.clientWidth), height: 112, emptyText: state.kpisLoaded ? 'No data yet' : 'Loading…' });
+    const values = c.series.map((sr) => (last ? fmtNum(last[sr.field], sr.field === 'throughput_veh' ? 0 : 1) : '—'));
+    values.forEach((v, i) => { c.values[i].textContent = v; });
+    const words = last ? c.series.map((sr, i) => `${sr.name} ${values[i]} ${c.unit}`).join(', ') : 'no data yet';
+    c.svg.setAttribute('aria-label', `${c.title} per minute; latest: ${words}`);
+  }
+}
+
+// ---------------------------------------------------------------- intersection panel
+
+const panel = {};   // elements of the built panel
+
+function selectIntersection(id, { quiet = false, reveal = false } = {}) {
+  if (state.selected !== id) {
+    state.detail = null;
+    state.selected = id;
+    buildPanel(id);
+  }
+  for (const [mid, m] of map.markers) {
+    m.g.classList.toggle('selected', mid === id);
+    m.g.setAttribute('aria-pressed', String(mid === id));
+  }
+  if (reveal) revealOnMap(id);
+  if (!quiet) refreshPanel(true);
+}
+
+/** Pan the map to an intersection that lies outside the current view. */
+function revealOnMap(id) {
+  const m = map.markers.get(id);
+  const v = map.view;
+  if (!m || !v) return;
+  const inside = m.x > v.x && m.x < v.x + v.w && m.y > v.y && m.y < v.y + v.h;
+  if (!inside) setView({ ...v, x: m.x - v.w / 2, y: m.y - v.h / 2 });
+}
+
+function buildPanel(id) {
+  $('panel-title').replaceChildren('Intersection ', h('span', { class: 'id-text' }, id));
+  showMessage('panel-message', '');
+  const fact = (label, key, attrs = {}) => {
+    panel[key] = h('dd', attrs, '…');
+    return h('div', {}, h('dt', {}, label), panel[key]);
+  };
+  panel.buttons = {};
+  const controls = h('div', { class: 'segmented', role: 'group', 'aria-labelledby': 'controller-label' },
+    ['brain', 'fixed', 'flash'].map((c) => {
+      const b = h('button', {
+        type: 'button', class: 'btn seg', 'data-testid': `control-${c}`, 'aria-pressed': 'false',
+        onclick: () => setController(c),
+      }, { brain: 'Brain', fixed: 'Fixed plan', flash: 'Flash' }[c]);
+      panel.buttons[c] = b;
+      return b;
+    }));
+  panel.controlMsg = h('p', { class: 'control-msg', role: 'status', 'data-testid': 'control-message' });
+  panel.phases = h('ol', { class: 'phases' });
+  panel.lanes = h('tbody');
+  panel.decisions = h('ol', { class: 'decisions' });
+  panel.signal = h('span', { class: 'signal-chips', 'aria-hidden': 'true' });
+  $('panel-body').replaceChildren(
+    h('dl', { class: 'facts' },
+      fact('Phase', 'phase', { 'data-testid': 'panel-phase' }),
+      fact('Time in phase', 'tip'),
+      fact('Field mode', 'mode', { 'data-testid': 'panel-mode' }),
+      fact('Controller', 'controller', { 'data-testid': 'panel-controller' }),
+      fact('Queue', 'queue'),
+      fact('Vehicles', 'vehicles')),
+    h('div', { class: 'signal-now' }, h('span', { class: 'sub' }, 'Signals now'), panel.signal, panel.signalText = h('code', { 'data-testid': 'panel-signal-state' })),
+    h('div', { class: 'control-box' },
+      h('span', { class: 'sub', id: 'controller-label' }, 'Operator control'), controls, panel.controlMsg),
+    h('h3', {}, 'Phases'), panel.phases,
+    h('h3', {}, 'Lanes'),
+    h('div', { class: 'table-wrap' }, h('table', { class: 'lanes' },
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Lane'), h('th', { scope: 'col' }, 'Queue'),
+        h('th', { scope: 'col', title: 'vehicles on the lane' }, 'Veh'),
+        h('th', { scope: 'col', title: 'vehicles approaching the stop line' }, 'Appr.'),
+        h('th', { scope: 'col', title: 'flow, vehicles per hour' }, 'Flow/h'))),
+      panel.lanes)),
+    h('h3', {}, 'Recent decisions'), panel.decisions,
+  );
+  renderPanelData();
+}
+
+let panelBusy = false, panelSoon = null;
+async function refreshPanel(force = false) {
+  const id = state.selected;
+  if (!id || (panelBusy && !force) || !state.running) return;
+  panelBusy = true;
+  try {
+    const d = await api(`/api/intersections/${encodeURIComponent(id)}`);
+    if (state.selected !== id) return;
+    state.detail = d;
+    state.detailAt = state.cityTime;
+    mergeIntersection(Object.fromEntries(Object.entries(d).filter(([k]) => !['phases', 'lanes', 'decisions'].includes(k))));
+    showMessage('panel-message', '');
+    dirty.panel = true;
+    scheduleRender();
+  } catch (err) {
+    if (err.status === 404) showMessage('panel-message', `Unknown intersection ${id}.`);
+    else if (err.status !== 401) showMessage('panel-message', failText('this intersection', err));
+  } finally {
+    panelBusy = false;
+  }
+}
+
+/** Decisions can come in bursts: refresh the panel once after a short pause. */
+function refreshPanelSoon() {
+  clearTimeout(panelSoon);
+  panelSoon = setTimeout(() => refreshPanel(), 400);
+}
+
+/** Tick fields of the selected intersection go straight into the open panel. */
+function updateDetailFromTick() {
+  const d = state.detail;
+  if (!d) return;
+  const row = state.inters.get(d.id);
+  if (!row) return;
+  if (row.phase !== d.phase || row.signal_state !== d.signal_state) {
+    // A new phase or interval began: restart its clock until the next REST refresh.
+    d.time_in_phase_s = 0;
+    state.detailAt = state.cityTime;
+  }
+  for (const k of ['phase', 'signal_state', 'mode', 'controller', 'queue_veh']) if (k in row) d[k] = row[k];
+  dirty.panel = true;
+}
+
+function renderPanelData() {
+  const id = state.selected;
+  if (!id || !panel.phase) return;
+  const d = state.detail;
+  const row = d || state.inters.get(id) || { id };
+  const phaseText = row.phase !== null && row.phase !== undefined ? String(row.phase)
+    : row.mode === 'flash' ? 'flashing' : row.signal_state ? 'Δ change' : '—';
+  panel.phase.textContent = phaseText;
+  const tip = d && Number.isFinite(d.time_in_phase_s)
+    ? d.time_in_phase_s + Math.max(0, (state.cityTime ?? 0) - (state.detailAt ?? state.cityTime ?? 0)) : null;
+  panel.tip.textContent = tip === null ? '—' : `${Math.round(tip)} s`;
+  panel.mode.textContent = row.mode ?? '—';
+  panel.controller.textContent = row.controller ?? '—';
+  panel.queue.textContent = `${fmtNum(row.queue_veh)} veh`;
+  panel.vehicles.textContent = Number.isFinite(row.vehicles) ? `${fmtNum(row.vehicles)} veh` : '—';
+  for (const [c, b] of Object.entries(panel.buttons)) {
+    b.setAttribute('aria-pressed', String(row.controller === c));
+    b.classList.toggle('active', row.controller === c);
+  }
+  const sig = row.signal_state || '';
+  panel.signalText.textContent = sig || '—';
+  panel.signal.replaceChildren(...[...sig].map((c) => h('span', { class: `chip sg-${signalKind(c)}` })));
+
+  if (!d) return;
+  panel.phases.replaceChildren(...(d.phases || []).map((p) => {
+    const current = p.index === row.phase;
+    return h('li', { class: current ? 'current' : '', 'aria-current': current ? 'true' : null },
+      h('span', { class: 'phase-index' }, String(p.index)),
+      h('span', { class: 'signal-chips', 'aria-hidden': 'true' }, [...p.state].map((c) => h('span', { class: `chip sg-${signalKind(c)}` }))),
+      h('code', {}, p.state),
+      current ? h('span', { class: 'badge' }, 'current') : null);
+  }));
+
+  // `approaching`: vehicles on their way to the stop line (a number from the service).
+  const lanes = [...(d.lanes || [])].sort((a, b) => (b.queue ?? 0) - (a.queue ?? 0) || String(a.id).localeCompare(String(b.id)));
+  panel.lanes.replaceChildren(...lanes.map((l) => h('tr', {},
+    h('th', { scope: 'row', title: l.id }, h('span', { class: 'qswatch', style: `background:${rampColour((l.queue || 0) / QUEUE_FULL_VEH)}` }), l.id),
+    h('td', {}, fmtNum(l.queue)), h('td', {}, fmtNum(l.vehicles)),
+    h('td', {}, typeof l.approaching === 'number' ? fmtNum(l.approaching) : '—'), h('td', {}, fmtNum(l.flow_vph, 0)))));
+  if (!lanes.length) panel.lanes.replaceChildren(h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'No lane data.')));
+
+  const decisions = d.decisions || [];
+  panel.decisions.replaceChildren(...decisions.slice(0, 20).map((x) => h('li', {},
+    h('div', { class: 'decision-head' },
+      h('time', {}, fmtClock(x.time)),
+      h('span', { class: `outcome outcome-${String(x.outcome).replace(/\s+/g, '-')}` }, x.outcome),
+      x.phase !== null && x.phase !== undefined ? h('span', { class: 'muted' }, `→ phase ${x.phase}`) : null,
+      x.controller ? h('span', { class: 'muted' }, `(${x.controller})`) : null),
+    h('p', { class: 'reason' }, x.reason || '—'))));
+  if (!decisions.length) panel.decisions.replaceChildren(h('li', { class: 'empty' }, 'No decisions yet.'));
+}
+
+async function setController(controller) {
+  const id = state.selected;
+  if (!id) return;
+  const buttons = Object.values(panel.buttons);
+  buttons.forEach((b) => { b.disabled = true; });
+  panel.controlMsg.dataset.kind = 'info';
+  panel.controlMsg.textContent = `Switching ${id} to ${controller}…`;
+  try {
+    const row = await api(`/api/intersections/${encodeURIComponent(id)}/control`, { method: 'POST', body: { controller } });
+    mergeIntersection(row);
+    if (state.detail && state.detail.id === row.id) Object.assign(state.detail, row);
+    panel.controlMsg.dataset.kind = 'ok';
+    panel.controlMsg.textContent = `${id} is now on ${row.controller ?? controller}.`;
+    dirty.panel = true;
+    scheduleRender();
+  } catch (err) {
+    panel.controlMsg.dataset.kind = 'error';
+    panel.controlMsg.textContent = err.status === 403 ? "Not allowed: your key's role may not do this."
+      : err.status === 401 ? '' : `Could not switch the controller: ${err.message}.`;
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+// ---------------------------------------------------------------- alerts
+
+const SEVERITY_RANK = { critical: 0, high: 1, medium: 2, low: 3, info: 4 };
+
+function renderAlerts() {
+  const list = $('alert-list');
+  const alerts = [...state.alerts.values()].sort((a, b) =>
+    (a.status === 'new' ? 0 : 1) - (b.status === 'new' ? 0 : 1) || (b.time ?? 0) - (a.time ?? 0));
+  const fresh = alerts.filter((a) => a.status === 'new').length;
+  $('alerts-count').textContent = alerts.length ? `${fresh} new / ${alerts.length}` : '';
+  if (!alerts.length) {
+    list.replaceChildren(h('li', { class: 'empty', 'data-testid': 'alerts-empty' }, 'No alerts'));
+    return;
+  }
+  list.replaceChildren(...alerts.map((a) => {
+    const sev = String(a.severity ?? 'unknown').toLowerCase();
+    const where = [a.intersection, a.lane ? `lane ${a.lane}` : null].filter(Boolean).join(' · ');
+    const body = [
+      h('span', { class: 'alert-line' },
+        h('span', { class: `sev sev-${SEVERITY_RANK[sev] ?? 'x'}` }, sev),
+        h('strong', {}, a.type ?? 'alert'),
+        h('span', { class: 'alert-where' }, where),
+        h('time', {}, fmtClock(a.time))),
+      a.summary ? h('span', { class: 'alert-summary' }, a.summary) : null,
+    ];
+    // The whole text is a button when it has a place to show, so it is keyboard-usable.
+    const main = a.intersection
+      ? h('button', { type: 'button', class: 'alert-main', title: `Show ${a.intersection} on the map`, onclick: () => selectIntersection(a.intersection, { reveal: true }) }, body)
+      : h('div', { class: 'alert-main' }, body);
+    const side = h('div', { class: 'alert-side' }, h('span', { class: `status status-${a.status}` }, a.status ?? ''),
+      a.status === 'new' ? h('button', { type: 'button', class: 'btn btn-small', 'data-testid': `ack-${a.id}`,
+        'aria-label': `Acknowledge ${a.type ?? 'alert'} ${a.id}`, onclick: (e) => acknowledge(a.id, e.currentTarget) }, 'Acknowledge') : null);
+    return h('li', { class: `alert alert-${a.status}`, 'data-testid': `alert-${a.id}` }, main, side);
+  }));
+}
+
+async function acknowledge(id, button) {
+  button.disabled = true;
+  try {
+    const a = await api(`/api/alerts/${encodeURIComponent(id)}/acknowledge`, { method: 'POST' });
+    state.alerts.set(a.id ?? id, a);
+    showMessage('alerts-message', '');
+    renderAlerts();
+  } catch (err) {
+    button.disabled = false;
+    if (err.status === 403) showMessage('alerts-message', "Not allowed: your key's role may not do this.");
+    else if (err.status !== 401) showMessage('alerts-message', `Could not acknowledge: ${err.message}.`);
+  }
+}
+
+// ---------------------------------------------------------------- devices
+
+function renderDevices() {
+  const devices = state.devices || [];
+  const body = $('devices-body');
+  if (!devices.length) {
+    body.replaceChildren(h('p', { class: 'empty' }, 'No devices have reported yet.'));
+    return;
+  }
+  const kinds = new Map();
+  for (const d of devices) {
+    const k = kinds.get(d.kind) || { total: 0, silent: 0 };
+    k.total += 1;
+    if (d.silent) k.silent += 1;
+    kinds.set(d.kind, k);
+  }
+  const silent = devices.filter((d) => d.silent).sort((a, b) => (a.last_time ?? 0) - (b.last_time ?? 0));
+  const counts = h('ul', { class: 'device-counts' }, [...kinds].sort().map(([kind, k]) => h('li', {},
+    h('span', { class: 'n' }, String(k.total)), ` ${kind}s`,
+    k.silent ? h('span', { class: 'warn-text' }, `${k.silent} silent`) : h('span', { class: 'ok-text' }, 'all reporting'))));
+  let detail;
+  if (!silent.length) {
+    detail = h('p', { class: 'all-ok', 'data-testid': 'devices-ok' }, h('span', { 'aria-hidden': 'true' }, '✓ '), 'all devices reporting');
+  } else {
+    const shown = silent.slice(0, 30);
+    detail = h('div', {},
+      h('h3', {}, `Silent devices (${silent.length})`),
+      h('ul', { class: 'silent-list', 'data-testid': 'silent-devices' }, shown.map((d) => h('li', {},
+        h('span', { class: 'warn-icon', 'aria-hidden': 'true' }, '!'),
+        h('code', { class: 'dev-id', title: d.device_id }, d.device_id),
+        h('span', { class: 'seen', title: d.kind }, 'seen ', h('time', { datetime: d.last_seen_at ?? null, title: d.last_seen_at ?? '' }, fmtClock(d.last_time)),
+          Number.isFinite(state.cityTime) && Number.isFinite(d.last_time) ? `, ${fmtDuration(state.cityTime - d.last_time)} ago` : '')))),
+      silent.length > shown.length ? h('p', { class: 'muted' }, `and ${silent.length - shown.length} more`) : null);
+  }
+  const scrolled = body.querySelector('.silent-list')?.scrollTop ?? 0;
+  body.replaceChildren(counts, detail);
+  const list = body.querySelector('.silent-list');
+  if (list) list.scrollTop = scrolled;
+}
+
+// ---------------------------------------------------------------- boot
+
+function boot() {
+  setupMapInteraction();
+  buildLegend();
+  buildCharts();
+
+  const dialog = $('login');
+  dialog.addEventListener('cancel', (e) => e.preventDefault());   // no way around signing in
+  $('login-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const key = $('login-key').value.trim();
+    if (key) start(key);
+  });
+  $('sign-out').addEventListener('click', () => signOut(''));
+  // Pasting a new #key=... link into this tab switches to that key.
+  window.addEventListener('hashchange', () => {
+    const key = keyFromFragment();
+    if (key) start(key);
+  });
+
+  const key = keyFromFragment() || sessionStorage.getItem(KEY_STORE);
+  if (key) start(key);
+  else {
+    setConnection('signed-out', 'Signed out');
+    showLogin('');
+  }
+}
+
+boot();
