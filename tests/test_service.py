@@ -229,3 +229,71 @@ def test_the_operator_switch_reaches_the_field_and_back(grid_net: Path, grid_cit
     assert seen[160.0] == "remote" and seen[199.0] == "remote"
     others = {i: c.mode for i, c in field.twin.controllers.items() if i != target}
     assert set(others.values()) == {"remote"}
+
+
+def test_live_and_command_streams_need_a_key_and_push(city: City):
+    from starlette.websockets import WebSocketDisconnect
+
+    for path in ("/live", "/api/commands/ws"):
+        with pytest.raises(WebSocketDisconnect) as refused, city.client.websocket_connect(path) as socket:
+            socket.receive_json()
+        assert refused.value.code == 4401
+    with pytest.raises(WebSocketDisconnect) as refused, \
+            city.client.websocket_connect(f"/live?key={city.keys['device']}") as socket:
+        socket.receive_json()
+    assert refused.value.code == 4403
+    target = sorted(city.network.intersections)[0]
+    with city.client.websocket_connect(f"/live?key={city.keys['viewer']}") as live, \
+            city.client.websocket_connect(f"/api/commands/ws?key={city.keys['device']}") as commands:
+        first = live.receive_json()
+        assert first["type"] == "tick" and {i["id"] for i in first["intersections"]} == set(city.network.intersections)
+        answer = city.client.post(f"/api/intersections/{target}/control", json={"controller": "flash"},
+                                  headers=city.headers("operator"))
+        assert answer.status_code == 200
+        pushed = commands.receive_json()
+        assert pushed["command"]["intersection"] == target and pushed["command"]["action"] == "flash"
+        assert pushed["id"] == city.store.last_command_id()
+
+
+def test_silent_devices_are_flagged(city: City):
+    device = city.headers("device")
+    assert city.client.post("/api/events", json=[city.controller_report(0, 0.0), city.detector_report(0, 0.0)],
+                            headers=device).status_code == 200
+    assert city.client.post("/api/events", json=[city.controller_report(1, 45.0)], headers=device).status_code == 200
+    rows = {d["device_id"]: d for d in city.client.get("/api/devices", headers=city.headers("viewer")).json()}
+    assert rows[city.own]["silent"] is False and rows[city.own]["last_time"] == 45.0
+    detector = city.detector_report(0, 0.0)["device_id"]
+    assert rows[detector]["silent"] is True and rows[detector]["kind"] == "detector"
+
+
+def test_the_api_docs_are_served_offline(city: City):
+    page = city.client.get("/docs")
+    assert page.status_code == 200 and "cdn." not in page.text
+    assert city.client.get("/openapi.json").json()["paths"]["/api/events"]["post"]
+
+
+def test_retention_deletes_old_events_and_decisions_only(city: City):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from urbanbrain.store.schema import device_events
+    from urbanbrain.store.store import utcnow
+
+    device = city.headers("device")
+    city.client.post("/api/events", json=[city.controller_report(seq, float(seq)) for seq in range(4)], headers=device)
+    city.store.put_kpi_minute({"minute": 0.0, "vehicles": 1.0, "queue_veh": 0.0, "throughput_veh": 1,
+                               "stopped_delay_veh_s": 0.0, "mean_delay_s": 0.0})
+    with city.store.engine.begin() as connection:
+        connection.execute(update(device_events).where(device_events.c.seq < 2)
+                           .values(received_at=utcnow() - timedelta(days=31)))
+    gone, _ = city.store.purge(events_days=30, decisions_days=30)
+    assert gone == 2 and [e.seq for e in city.store.events()] == [2, 3]
+    assert len(city.store.kpis()) == 1 and len(city.store.keys()) == 4
+
+
+def test_events_posted_by_an_administrator_are_audited(city: City):
+    answer = city.client.post("/api/events", json=[city.controller_report(0, 1.0)], headers=city.headers("admin"))
+    assert answer.status_code == 200
+    entry = city.store.audit_log()[0]
+    assert (entry["key_name"], entry["action"], entry["detail"]["accepted"]) == ("admin", "post events", 1)

@@ -95,6 +95,7 @@ def run(
     speed: Annotated[float, typer.Option(min=0, help="twin: simulated seconds per real second (0: as fast as possible)")] = 1.0,
     duration: Annotated[float | None, typer.Option(min=1, help="twin: stop after this many simulated seconds (the service stays up)")] = None,
     seed: Annotated[int, typer.Option(help="twin: SUMO's random seed")] = 1,
+    retention_days: Annotated[float, typer.Option(min=0.01, help="keep device events and decisions this many days (KPI minutes, keys and the audit trail are kept)")] = 30.0,
 ) -> None:
     """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
     from urbanbrain.service.host import HostOptions, serve
@@ -113,7 +114,7 @@ def run(
         console.print("Ctrl-C stops the service")
 
     serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
-                      twin=twin, speed=speed, seed=seed, duration_s=duration), announce)
+                      twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days), announce)
 
 
 @app.command("twin")

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Web
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from urbanbrain.service.city import BatchError, CityRuntime
@@ -54,8 +55,10 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
         if on_shutdown is not None:
             await asyncio.to_thread(on_shutdown)
 
-    app = FastAPI(title="urbanbrain", summary="An open-source City Brain: the brain service's API (docs/api.md)",
-                  version="1", lifespan=lifespan)
+    # FastAPIOffline serves the OpenAPI pages' scripts from the package, not a CDN:
+    # a control centre's network is often closed.
+    app = FastAPIOffline(title="urbanbrain", summary="An open-source City Brain: the brain service's API (docs/api.md)",
+                         version="1", lifespan=lifespan, redoc_url=None)
     store = service.store
 
     def principal(roles: frozenset[str]) -> Callable[..., Principal]:
@@ -96,6 +99,9 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
         except BatchError as exc:
             return JSONResponse(status_code=exc.status, content={"detail": [
                 {"item": item, "field": field, "error": reason} for item, field, reason in exc.errors]})
+        if who.role == "admin":  # an administrator speaking for devices is audited like any admin write
+            store.add_audit(who.name, who.role, "post events", "devices",
+                            {"accepted": result.accepted, "duplicates": result.duplicates})
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates,
                              "city_time": result.city_time,
                              "commands": [{"id": i, "command": c} for i, c in result.commands]})

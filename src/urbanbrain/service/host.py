@@ -39,6 +39,7 @@ class HostOptions:
     speed: float = 1.0
     seed: int = 1
     duration_s: float | None = None
+    retention_days: float = 30.0  # device events and decisions older than this are deleted (KPI minutes and audit stay)
 
 
 def default_data_dir() -> Path:
@@ -77,11 +78,22 @@ class CityHost:
     def start(self) -> None:
         self.service.twin = "starting" if self.options.twin else "off"
         self.thread.start()
+        self._stopping = threading.Event()
+        threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.field is not None:
             self.field.stop()
         self.thread.join(timeout=30)
+
+    def _retain(self) -> None:
+        """Apply the retention at start and every hour after."""
+        while True:
+            days = self.options.retention_days
+            self.service.store.purge(events_days=days, decisions_days=days)
+            if self._stopping.wait(3600.0):
+                return
 
     def _run(self) -> None:
         try:

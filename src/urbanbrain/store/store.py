@@ -86,9 +86,10 @@ class Store:
         statement = (self._insert(device_events).on_conflict_do_nothing(index_elements=["device_id", "seq"])
                      .returning(device_events.c.device_id, device_events.c.seq))
         with self.engine.begin() as connection:
-            stored = set(connection.execute(statement, [
+            rows = connection.execute(statement, [
                 {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "time": e.time, "received_at": now,
-                 "payload": e.payload} for e in events]).tuples().all())
+                 "payload": e.payload} for e in events])
+            stored = {(device_id, seq) for device_id, seq in rows}
         fresh = []
         for e in events:
             if (e.device_id, e.seq) in stored:
