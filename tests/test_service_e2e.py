@@ -73,6 +73,17 @@ def test_run_serves_the_brain_live_with_the_twin_in_process(grid_city: Path, tmp
         out, err = stop(service)
     assert service.returncode == 0, err
     assert f"http://127.0.0.1:{port}/#key=" in out
+    assert "new admin key" in out
+
+    again = start_service(tmp_path, port, "--scenario", str(grid_city), "--speed", "0", "--duration", "60")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", lambda h: h["twin"] == "finished")
+        rows = api.get("/api/intersections").json()
+        assert all(r["mode"] == "remote" for r in rows), "a second run's events are new, not resends of the first's"
+        assert not api.get("/api/devices").json()[0]["silent"]
+    finally:
+        out, _ = stop(again)
+    assert "new admin key" not in out and key in out, "the same admin key on the second start"
 
 
 def test_the_twin_over_http_gives_the_kpis_of_the_twin_in_process(grid_city: Path, tmp_path: Path):

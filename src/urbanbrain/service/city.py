@@ -125,7 +125,7 @@ class CityRuntime:
             received = datetime.now(UTC)
             for e in published:
                 entry = self.devices.setdefault(e.device_id, [e.kind, e.time, received, 0])
-                entry[1] = max(entry[1], e.time)
+                entry[1] = e.time  # the clock of its latest event (a twin started again begins at its scenario's begin)
                 entry[2] = received
                 entry[3] += 1
             self.bus.publish_all(published)

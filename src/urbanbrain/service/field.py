@@ -44,7 +44,12 @@ class TwinField:
         self._outbox: list[Any] = []
         for kind in ("detector", "camera", "controller"):
             self.bus.subscribe(kind, self._outbox.append)
-        self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path)
+        # Like a real device's sequence numbers, the twin's must go on rising when it
+        # starts again against the same brain, or its new events would be taken for
+        # resends of the last run's: they start from the wall clock (ns resolution
+        # leaves a run room for 10^9 events per device per second of start time).
+        self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path,
+                         sequence_base=int(time.time()) * 1_000_000_000)
         self.last_command = 0
         self.unsent: list[dict[str, Any]] = []
         self.brain_reachable = True

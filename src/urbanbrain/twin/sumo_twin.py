@@ -58,6 +58,7 @@ class Twin:
         tripinfo_path: Path | None = None,
         step_length_s: float = 1.0,
         failsafe_s: float | None = 10.0,
+        sequence_base: int = 0,
     ):
         if local_program not in (None, "static", "actuated", "delay_based"):
             raise ValueError(f"unknown local program {local_program!r}")
@@ -70,6 +71,7 @@ class Twin:
         self.tripinfo_path = tripinfo_path
         self.step_length_s = step_length_s
         self.failsafe_s = failsafe_s  # remote controllers run their plan after this long without a command
+        self.sequence_base = sequence_base  # first sequence number of every device (see TwinField)
         self.stations: list[Station] = place_devices(network, self.layout)
         self.controllers: dict[str, SignalController] = {}
         self._shown: dict[str, str] = {}
@@ -155,7 +157,7 @@ class Twin:
                 self._shown[tls] = state
 
     def _next_seq(self, device_id: str) -> int:
-        seq = self._seq.get(device_id, 0)
+        seq = self._seq.get(device_id, self.sequence_base)
         self._seq[device_id] = seq + 1
         return seq
 
