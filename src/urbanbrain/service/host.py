@@ -125,4 +125,7 @@ def serve(options: HostOptions, announce) -> None:
     app = create_app(service, on_shutdown=host.stop)
     announce(f"http://{options.host}:{options.port}", key, created, data_dir)
     host.start()
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+    except KeyboardInterrupt:  # a second Ctrl-C (a terminal signals `make` and the service alike) cuts the shutdown short
+        host.stop()
