@@ -45,7 +45,8 @@ class CitySession:
 
     def __init__(self, scenario: Scenario, network: Network, controller: str, *, observation: str = "sensors",
                  seed: int = 1, horizon_s: float = 3600.0, explain: DecisionSink | None = None,
-                 measure_estimator: bool = False, safety_limits: SafetyLimits | None = None):
+                 measure_estimator: bool = False, safety_limits: SafetyLimits | None = None,
+                 world: list | None = None):
         if controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
         if observation not in OBSERVATIONS:
@@ -59,7 +60,7 @@ class CitySession:
         self.tripinfo = Path(self._tmp.name) / "tripinfo.xml"
         self.bus = EventBus()
         self.twin = Twin(scenario, network, self.bus, local_program=self.controller.local_program, seed=seed,
-                         tripinfo_path=self.tripinfo)
+                         tripinfo_path=self.tripinfo, world=world)
         self.estimator: SensorEstimator | None = None
         self.brain: BrainLoop | None = None
         remote = self.controller.local_program is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +60,7 @@ class Twin:
         step_length_s: float = 1.0,
         failsafe_s: float | None = 10.0,
         sequence_base: int = 0,
+        world: list[Callable[[ModuleType, float], None]] | None = None,
     ):
         if local_program not in (None, "static", "actuated", "delay_based"):
             raise ValueError(f"unknown local program {local_program!r}")
@@ -72,6 +74,7 @@ class Twin:
         self.step_length_s = step_length_s
         self.failsafe_s = failsafe_s  # remote controllers run their plan after this long without a command
         self.sequence_base = sequence_base  # first sequence number of every device (see TwinField)
+        self.world = list(world or [])  # things that happen in the simulated city (incidents), after each step
         self.stations: list[Station] = place_devices(network, self.layout)
         self.controllers: dict[str, SignalController] = {}
         self._shown: dict[str, str] = {}
@@ -126,6 +129,8 @@ class Twin:
         """Advance one step and publish what the devices saw during it."""
         libsumo.simulationStep()
         self.now = libsumo.simulation.getTime()
+        for happen in self.world:
+            happen(libsumo, self.now)
         self._show_remote_states()
         events: list = self._detector_reports()
         events += self._controller_reports()

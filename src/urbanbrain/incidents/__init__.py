@@ -1,0 +1,1 @@
+"""Traffic incidents: injected into the twin (ground truth), detected from device events."""

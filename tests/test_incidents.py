@@ -1,0 +1,72 @@
+"""Incident injection in the twin: what is asked is placed or named as wrong, the
+vehicles involved really block the lane, and the ground truth never reaches the bus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from urbanbrain.bench.session import CitySession
+from urbanbrain.incidents.injection import Incident, IncidentError, IncidentInjector, random_incidents, validate
+from urbanbrain.network import read_network
+from urbanbrain.twin.scenario import load_scenario
+
+
+def test_bad_incidents_are_named(grid_net: Path):
+    network = read_network(grid_net)
+    edge = sorted({a.edge for i in network.intersections.values() for a in i.approaches})[0]
+    good = Incident("x", "stalled_vehicle", edge, (0,), 50.0, 100.0, 600.0)
+    validate(good, network)
+    cases = {
+        "no edge": Incident("x", "stalled_vehicle", "nowhere", (0,), 50.0, 100.0, 600.0),
+        "lanes 0..1": Incident("x", "stalled_vehicle", edge, (5,), 50.0, 100.0, 600.0),
+        "blocks one lane": Incident("x", "stalled_vehicle", edge, (0, 1), 50.0, 100.0, 600.0),
+        "position 1 m": Incident("x", "crash", edge, (0,), 1.0, 100.0, 600.0),
+        "5 to 30 minutes": Incident("x", "crash", edge, (0, 1), 50.0, 100.0, 60.0),
+        "kind 'fire'": Incident("x", "fire", edge, (0,), 50.0, 100.0, 600.0),  # type: ignore[arg-type]
+    }
+    for expected, incident in cases.items():
+        with pytest.raises(IncidentError, match=expected):
+            validate(incident, network)
+
+
+def test_random_incidents_are_reproducible_and_do_not_overlap(grid_net: Path):
+    network = read_network(grid_net)
+    first = random_incidents(network, 6, seed=4, begin_s=0.0, horizon_s=3600.0)
+    assert first == random_incidents(network, 6, seed=4, begin_s=0.0, horizon_s=3600.0)
+    assert first != random_incidents(network, 6, seed=5, begin_s=0.0, horizon_s=3600.0)
+    for incident in first:
+        validate(incident, network)
+        assert incident.end_s <= 3600.0
+        same_edge = [o for o in first if o.edge == incident.edge and o is not incident]
+        assert all(o.end_s <= incident.start_s or incident.end_s <= o.start_s for o in same_edge)
+
+
+def test_an_injected_crash_blocks_its_lane_and_the_truth_stays_off_the_bus(grid_city: Path, tmp_path: Path):
+    scenario = load_scenario(grid_city)
+    network = read_network(scenario.net_file)
+    edge = sorted(a.edge for i in network.intersections.values() for a in i.approaches
+                  if a.from_intersection is None)[0]  # an entry road: traffic comes at once
+    incident = Incident("c1", "crash", edge, (0,), 60.0, 20.0, 300.0)
+    injector = IncidentInjector([incident])
+    session = CitySession(scenario, network, "fixed", horizon_s=400, world=[injector.step])
+    published: list = []
+    for kind in ("detector", "camera", "controller"):
+        session.bus.subscribe(kind, published.append)
+    session.start()
+    stood: list[float] = []
+    while not session.done:
+        session.step()
+        record = injector.truth["c1"]
+        if record.blocked_from is not None and record.cleared_at is None:
+            positions = [session.twin.sumo.vehicle.getLanePosition(v) for v in record.vehicles]
+            stood.append(max(abs(p - 60.0) for p in positions))
+    session.finish()
+    record = injector.truth["c1"]
+    assert record.blocked_from is not None and record.blocked_from >= 20.0
+    assert record.cleared_at == record.blocked_from + 300.0
+    assert len(record.vehicles) == 2 and max(stood) <= 9.0, "both vehicles stand at the place for the duration"
+    assert not any("c1" in repr(event) for event in published), "nothing about the incident itself is published"
+    injector.write_truth(tmp_path / "truth.jsonl")
+    assert '"id": "c1"' in (tmp_path / "truth.jsonl").read_text()
