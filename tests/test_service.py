@@ -54,7 +54,7 @@ class City:
 
     def detector_report(self, seq: int, time: float) -> dict:
         station = self.service.runtime.stations[0]
-        return {"kind": "detector", "device_id": "det_" + station.device_id, "seq": seq, "time": time,
+        return {"kind": "detector", "device_id": station.device_id, "seq": seq, "time": time,
                 "interval_s": 1.0, "readings": [{"detector_id": loop.detector_id, "lane": loop.lane,
                                                  "position": loop.position, "count": 0, "occupancy": 0.0}
                                                 for loop in station.loops]}
@@ -77,7 +77,7 @@ def test_a_bad_batch_is_rejected_whole_naming_each_bad_item_and_field(city: City
     answer = city.client.post("/api/events", json=batch, headers=city.headers("device"))
     assert answer.status_code == 422
     named = {(d["item"], d["field"]) for d in answer.json()["detail"]}
-    assert (1, "detector.readings.0.count") in named
+    assert (1, "detector.readings.0.count") in named, named
     assert any(item == 2 and "phase" in field for item, field in named)
     assert 0 not in {item for item, _ in named}
     assert [(e.device_id, e.seq) for e in city.store.events()] == [(city.own, 0)]  # nothing of the bad batch
@@ -205,8 +205,11 @@ def test_the_operator_switch_reaches_the_field_and_back(grid_net: Path, grid_cit
     city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net)
     runtime = city.service.runtime
     scenario = load_scenario(grid_city)
-    field = TwinField(scenario, city.network, lambda events, after: runtime.ingest(events, TWIN_PRINCIPAL, after).commands,
-                      speed=0, horizon_s=200)
+    def send(events, after):
+        result = runtime.ingest(events, TWIN_PRINCIPAL, after)
+        return result.commands, result.last_command_id
+
+    field = TwinField(scenario, city.network, send, speed=0, horizon_s=200)
     target = sorted(city.network.intersections)[0]
     seen: dict[float, str] = {}
     conflicts = []
@@ -297,3 +300,80 @@ def test_events_posted_by_an_administrator_are_audited(city: City):
     assert answer.status_code == 200
     entry = city.store.audit_log()[0]
     assert (entry["key_name"], entry["action"], entry["detail"]["accepted"]) == ("admin", "post events", 1)
+
+
+def test_a_device_speaks_only_of_what_it_sees(city: City):
+    """Whatever its key allows, a controller reports for its own intersection, a station
+    for its own loops, a camera for its own lanes; anything else is refused, named."""
+    other = sorted(city.network.intersections)[1]
+    forged = {**city.controller_report(0, 1.0), "intersection": other,
+              "signal_state": city.network.intersections[other].phases[0].state}
+    reading = city.detector_report(0, 1.0)
+    reading["readings"][0]["lane"] = "nowhere_0"
+    unknown = {**city.controller_report(1, 1.0), "device_id": "ctl_ghost"}
+    answer = city.client.post("/api/events", json=[forged, reading, unknown], headers=city.headers("admin"))
+    assert answer.status_code == 422
+    named = {(d["item"], d["field"]): d["error"] for d in answer.json()["detail"]}
+    assert "it is the controller of" in named[(0, "intersection")]
+    assert "loop" in named[(1, "readings.0.lane")]
+    assert "not a signal controller" in named[(2, "device_id")]
+    assert city.store.count_events() == 0
+
+
+def test_an_event_far_ahead_of_the_city_clock_is_refused(city: City):
+    device = city.headers("device")
+    assert city.client.post("/api/events", json=[city.controller_report(0, 100.0)], headers=device).status_code == 200
+    answer = city.client.post("/api/events", json=[city.controller_report(1, 9_999_999_999.0)], headers=device)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["field"] == "time"
+    assert "ahead of the city clock" in answer.json()["detail"][0]["error"]
+    assert city.client.post("/api/events", json=[city.controller_report(2, 101.0)], headers=device).json()["city_time"] == 101.0
+
+
+def test_a_revoked_key_loses_its_open_stream(city: City, monkeypatch):
+    from starlette.websockets import WebSocketDisconnect
+
+    import urbanbrain.service.app as app_module
+
+    monkeypatch.setattr(app_module, "KEY_RECHECK_S", 0.2)
+    made = city.client.post("/api/keys", json={"name": "screen", "role": "viewer"}, headers=city.headers("admin")).json()
+    with city.client.websocket_connect(f"/live?key={made['key']}") as live:
+        assert live.receive_json()["type"] == "tick"
+        assert city.client.delete("/api/keys/screen", headers=city.headers("admin")).status_code == 200
+        with pytest.raises(WebSocketDisconnect) as closed:
+            for _ in range(50):
+                live.receive_json()
+    assert closed.value.code == 4401
+
+
+def test_a_sequence_number_beyond_64_bits_is_named(city: City):
+    answer = city.client.post("/api/events", json=[city.controller_report(2**63, 1.0)], headers=city.headers("device"))
+    assert answer.status_code == 422 and answer.json()["detail"][0]["field"].endswith("seq")
+
+
+def test_a_field_that_starts_again_gets_no_old_commands(grid_net: Path, grid_city: Path, tmp_path: Path):
+    """A second run of the twin against the same store (and a restarted brain) is
+    sent only the commands issued in answer to its own events, never the history."""
+    from urbanbrain.service.field import TwinField
+    from urbanbrain.service.host import TWIN_PRINCIPAL
+    from urbanbrain.twin.scenario import load_scenario
+
+    scenario = load_scenario(grid_city)
+    city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net)
+
+    def run_field() -> tuple[int, list[int]]:
+        runtime, before, ids = city.service.runtime, city.store.last_command_id(), []
+
+        def send(events, after):
+            result = runtime.ingest(events, TWIN_PRINCIPAL, after)
+            ids.extend(command_id for command_id, _ in result.commands)
+            return result.commands, result.last_command_id
+
+        TwinField(scenario, city.network, send, speed=0, horizon_s=120).run()
+        return before, ids
+
+    first_before, first = run_field()
+    city.restart()
+    second_before, second = run_field()
+    city.client.close()
+    assert first and second and second_before >= max(first)
+    assert min(second) > second_before, "nothing from the first run is sent to the second"

@@ -96,6 +96,7 @@ def run(
     duration: Annotated[float | None, typer.Option(min=1, help="twin: stop after this many simulated seconds (the service stays up)")] = None,
     seed: Annotated[int, typer.Option(help="twin: SUMO's random seed")] = 1,
     retention_days: Annotated[float, typer.Option(min=0.01, help="keep device events and decisions this many days (KPI minutes, keys and the audit trail are kept)")] = 30.0,
+    failsafe: Annotated[float, typer.Option(min=1, help="twin: a signal controller runs its own plan after this many seconds without a command")] = 10.0,
 ) -> None:
     """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
     from urbanbrain.service.host import HostOptions, serve
@@ -114,7 +115,8 @@ def run(
         console.print("Ctrl-C stops the service")
 
     serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
-                      twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days), announce)
+                      twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
+                      failsafe_s=failsafe), announce)
 
 
 @app.command("twin")
@@ -126,6 +128,7 @@ def twin_field(
     duration: Annotated[float | None, typer.Option(min=1, help="stop after this many simulated seconds")] = None,
     seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the run's KPIs (measured in SUMO) as JSON here")] = None,
+    failsafe: Annotated[float, typer.Option(min=1, help="a signal controller runs its own plan after this many seconds without a command")] = 10.0,
 ) -> None:
     """The twin as a separate field: its devices post events to a brain over HTTP and apply its commands."""
     from dataclasses import asdict
@@ -137,7 +140,7 @@ def twin_field(
     with tempfile.TemporaryDirectory(prefix="urbanbrain-twin-") as tmp:
         tripinfo = Path(tmp) / "tripinfo.xml"
         field = TwinField(loaded, network, http_transport(brain, key), seed=seed, speed=speed, horizon_s=duration,
-                          tripinfo_path=tripinfo)
+                          tripinfo_path=tripinfo, failsafe_s=failsafe)
         console.print(f"twin of {loaded.name}: its devices post to {brain}")
         try:
             field.run()

@@ -100,13 +100,17 @@ class BrainLoop:
                 self._heartbeat(intersection_id, now)
 
     def _release_stale(self, now: float) -> None:
-        """A controller reporting, after our last command to it, that it runs on its
-        own (fallback after the brain was silent) is no longer what the safety layer
-        tracks: release it, to be taken back from what it reports."""
+        """A controller that reports, after our last command to it, that it runs on its
+        own (fallback after the brain was silent), or a settled green other than the one
+        the safety layer let it show (a command lost or overtaken on the way), is no
+        longer what the layer tracks: release it, to be taken back from what it reports."""
         for intersection_id in list(self.safety.network.intersections):
             signal = self.state.signals.get(intersection_id)
-            if (signal is not None and signal.mode != "remote" and self.safety.controls(intersection_id)
-                    and signal.updated > self._last_sent.get(intersection_id, float("-inf"))):
+            if (signal is None or not self.safety.controls(intersection_id)
+                    or signal.updated <= self._last_sent.get(intersection_id, float("-inf"))):
+                continue
+            settled = self.safety.settled_phase(intersection_id, now)
+            if signal.mode != "remote" or (signal.phase is not None and settled is not None and signal.phase != settled):
                 self.safety.release(intersection_id)
 
     def _heartbeat(self, intersection_id: str, now: float) -> None:

@@ -88,6 +88,12 @@ class SafetyLayer:
     def controls(self, intersection_id: str) -> bool:
         return intersection_id in self._tracks
 
+    def settled_phase(self, intersection_id: str, now: float) -> int | None:
+        """The green the layer has let the controller show, once its change interval is
+        over (None while one runs, or when it does not control the intersection)."""
+        track = self._tracks.get(intersection_id)
+        return None if track is None or now < track.change_until else track.phase
+
     def release(self, intersection_id: str) -> None:
         """Stop tracking a controller that runs on its own now (its plan, flashing, a
         fail-safe fallback): remote control resumes only through `take_control`, from
@@ -100,12 +106,12 @@ class SafetyLayer:
         `plan` and `flash` hand the junction to the field controller's own safe
         sequences (it finishes or starts a full change interval itself) and end remote
         control."""
-        track = self._tracks.get(command.intersection)
         if command.action in ("plan", "flash"):
             if command.intersection not in self.network.intersections:
                 return self._refuse(command, now, "intersection", f"no intersection {command.intersection!r}")
             self.release(command.intersection)
             return command
+        track = self._tracks.get(command.intersection)
         if track is None:
             return self._refuse(command, now, "remote-control", "intersection is not under remote control")
         intersection = self.network.intersections[command.intersection]
@@ -166,7 +172,8 @@ class SafetyLayer:
             track.pending = command
             self._log(now, intersection.id, "deferred", "min-green", f"green {track.phase} served {served:.1f} s of {track.min_green_s:.1f} s")
             return None
-        safe = self._corrected_timings(intersection, command.model_copy(update={"phase": target}), now)
+        # Stamped with when it is let through (a deferred change leaves later than it was asked for).
+        safe = self._corrected_timings(intersection, command.model_copy(update={"phase": target, "time": now}), now)
         states = (*change_interval_states(intersection.phases[track.phase].state, intersection.phases[target].state), intersection.phases[target].state)
         for state in states:
             if intersection.conflicting_pairs(state):

@@ -33,7 +33,7 @@ class _Message(BaseModel):
 
     version: Literal["1.0"] = PROTOCOL_VERSION
     device_id: Identifier
-    seq: int = Field(ge=0, description="per-device sequence number, for idempotent resend")
+    seq: int = Field(ge=0, le=2**63 - 1, description="per-device sequence number, for idempotent resend")
     time: float = Field(ge=0, allow_inf_nan=False, description="seconds (scenario clock or Unix time)")
 
 

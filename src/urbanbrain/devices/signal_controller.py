@@ -54,6 +54,7 @@ class _Change:
     yellow_until: float
     red_until: float
     from_state: str  # what the heads showed when it began
+    to_state: str  # the green it leads to, or all red (to flashing, or out of flashing)
 
 
 class SignalController:
@@ -62,12 +63,13 @@ class SignalController:
 
     def __init__(self, intersection_id: str, phases: tuple[Phase, ...], start_phase: int = 0, now: float = 0.0,
                  min_yellow_s: float = 3.0, plan_yellow_s: float = 3.0, plan_all_red_s: float = 2.0,
-                 failsafe_s: float | None = 10.0):
+                 failsafe_s: float | None = 10.0, max_command_age_s: float = 5.0):
         self.intersection_id = intersection_id
         self.min_yellow_s = min_yellow_s
         self.plan_yellow_s = max(plan_yellow_s, min_yellow_s)
         self.plan_all_red_s = plan_all_red_s
         self.failsafe_s = failsafe_s
+        self.max_command_age_s = max_command_age_s
         self.phases = phases
         self.phase = start_phase
         self.green_since = now
@@ -81,22 +83,20 @@ class SignalController:
         return self._change is not None
 
     def apply(self, command: SignalCommand, now: float) -> None:
-        """Execute a command the safety layer let through."""
+        """Execute a command the safety layer let through; one older than `max_command_age_s`
+        (delayed in the network, or left over from before a restart) is ignored."""
         self.advance(now)
-        self.last_heard = now
-        if command.action == "plan":
-            if self.mode == "flash":
-                self._leave_flash(now)
-            self.mode = "plan"
+        if now - command.time > self.max_command_age_s:
             return
+        self.last_heard = now
         if command.action == "flash":
-            if self.mode != "flash":
-                self._start_change(None, now, self.plan_yellow_s, self.plan_all_red_s)
-                self.mode = "flash"
+            self.mode = "flash"
+            self.advance(now)  # starts clearing towards flashing now, or after a change under way
             return
         if self.mode == "flash":
-            self._leave_flash(now)  # back through all-red; remote control resumes at the first green
-            self.mode = "remote"
+            self._leave_flash(now)  # through all-red; the next mode takes over at the green
+        if command.action == "plan":
+            self.mode = "plan"
             return
         self.mode = "remote"
         if command.action == "hold" or self._change is not None:
@@ -118,6 +118,8 @@ class SignalController:
             self._change = None
         if self.mode == "remote" and self.failsafe_s is not None and now - self.last_heard > self.failsafe_s:
             self.mode = "fallback"
+        if self.mode == "flash" and self._change is None and not self._flashing:
+            self._start_change(None, now, self.plan_yellow_s, self.plan_all_red_s)
         if self.mode in ("plan", "fallback") and self._change is None and len(self.phases) > 1:
             if now - self.green_since >= self.phases[self.phase].plan_green_s:
                 self._start_change((self.phase + 1) % len(self.phases), now, self.plan_yellow_s, self.plan_all_red_s)
@@ -129,8 +131,7 @@ class SignalController:
         change = self._change
         if change is None:
             return self.phases[self.phase].state
-        to_state = "r" * len(change.from_state) if change.target is None else self.phases[change.target].state
-        yellow, red = change_interval_states(change.from_state, to_state)
+        yellow, red = change_interval_states(change.from_state, change.to_state)
         return yellow if now < change.yellow_until else red
 
     def report_phase(self, now: float) -> tuple[int | None, float]:
@@ -141,13 +142,19 @@ class SignalController:
         return None, now - (self._change.started if self._change is not None else self.green_since)
 
     def _start_change(self, target: int | None, now: float, yellow_s: float, all_red_s: float) -> None:
+        current = self.phases[self.phase].state
         self._change = _Change(target=target, started=now, yellow_until=now + yellow_s,
-                               red_until=now + yellow_s + all_red_s, from_state=self.phases[self.phase].state)
+                               red_until=now + yellow_s + all_red_s, from_state=current,
+                               to_state="r" * len(current) if target is None else self.phases[target].state)
 
     def _leave_flash(self, now: float) -> None:
-        """From flashing to the current phase's green through a full all-red."""
-        if self._flashing:
+        """Out of flashing (or out of the clearance towards it) into the current phase's
+        green, through a full all-red."""
+        all_red = "r" * len(self.phases[self.phase].state)
+        if self._change is not None and self._change.target is None:
+            self._change.target = self.phase  # finish the clearance to all-red, then green again
+        elif self._flashing:
             self._flashing = False
             self._change = _Change(target=self.phase, started=now, yellow_until=now,
                                    red_until=now + max(self.plan_all_red_s, self.plan_yellow_s),
-                                   from_state="r" * len(self.phases[self.phase].state))
+                                   from_state=all_red, to_state=all_red)

@@ -1,7 +1,9 @@
 """The HTTP API (FastAPI): device ingress, read API, operator steering, live WebSockets.
-The contract is docs/api.md; OpenAPI is served at /docs. Every endpoint but /health
-needs an API key, checked against the store on every request, so a key revoked from
-the command line stops working at once, even while the service runs.
+The contract is docs/api.md; OpenAPI is served at /docs. Every endpoint with city data
+or actions needs an API key (only /health, the API's own documentation and the
+cockpit's static files load without one), checked against the store on every request
+and every few seconds on open WebSockets, so a key revoked from the command line
+stops working at once, even while the service runs.
 """
 
 import asyncio
@@ -19,13 +21,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from urbanbrain.service.city import BatchError, CityRuntime
+from urbanbrain.service.city import BatchError, CityRuntime, jsonable
 from urbanbrain.service.keys import ADMIN, POST_EVENTS, READ, STEER, KeyError_, Principal, authenticate, create_key
 from urbanbrain.store import Store
 
 COCKPIT = Path(__file__).resolve().parent.parent / "cockpit" / "static"
 MAX_BATCH = 10_000
-LIVE_TICKS_PER_S = 4.0  # a twin running faster than real time still sends the cockpit at most this many ticks
+LIVE_TICKS_PER_S = 4.0
+KEY_RECHECK_S = 5.0  # how soon a revoked key's open stream is closed  # a twin running faster than real time still sends the cockpit at most this many ticks
 
 
 class ServiceState:
@@ -103,7 +106,7 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
             store.add_audit(who.name, who.role, "post events", "devices",
                             {"accepted": result.accepted, "duplicates": result.duplicates})
         return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates,
-                             "city_time": result.city_time,
+                             "city_time": result.city_time, "last_command_id": result.last_command_id,
                              "commands": [{"id": i, "command": c} for i, c in result.commands]})
 
     @app.get("/api/commands")
@@ -143,7 +146,7 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
                   if (intersection is None or d["intersection"] == intersection)
                   and not (switches_only and d["outcome"] == "kept")]
         if recent:
-            return json.loads(json.dumps(recent[:limit], default=str))
+            return [jsonable(d) for d in recent[:limit]]
         return store.decisions(intersection, limit)
 
     @app.get("/api/devices", dependencies=[reader])
@@ -191,7 +194,7 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
 
     @app.websocket("/live")
     async def live(socket: WebSocket, key: str | None = None) -> None:
-        await _stream(socket, key, READ, lambda who, m: m)
+        await _stream(socket, key, READ, lambda who, m: None if m["type"] == "command" else m)
 
     @app.websocket("/api/commands/ws")
     async def command_stream(socket: WebSocket, key: str | None = None) -> None:
@@ -228,10 +231,20 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
         stop = service.runtime.listen(deliver)
         try:
             if roles is READ:
-                await socket.send_json(json.loads(json.dumps(service.runtime.tick_message(), default=str)))
+                await socket.send_json(jsonable(service.runtime.tick_message()))
+            checked = time.monotonic()
             while True:
-                message = await queue.get()
-                await socket.send_json(json.loads(json.dumps(message, default=str)))
+                try:
+                    message = await asyncio.wait_for(queue.get(), timeout=KEY_RECHECK_S)
+                except TimeoutError:
+                    message = None
+                if time.monotonic() - checked >= KEY_RECHECK_S:  # a key revoked meanwhile ends the stream
+                    if authenticate(store, key) is None:
+                        await socket.close(code=4401)
+                        return
+                    checked = time.monotonic()
+                if message is not None:
+                    await socket.send_json(jsonable(message))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -267,7 +280,7 @@ def _parse_batch(body: bytes, content_type: str) -> list[Any]:
     if not items:
         raise HTTPException(422, [{"item": None, "field": "body", "error": "the batch is empty"}])
     if len(items) > MAX_BATCH:
-        raise HTTPException(413, f"at most {MAX_BATCH} events per batch, got {len(items)}")
+        raise HTTPException(413, [{"item": None, "field": "body", "error": f"at most {MAX_BATCH} events per batch, got {len(items)}"}])
     return items
 
 

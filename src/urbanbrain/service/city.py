@@ -30,7 +30,8 @@ from urbanbrain.state.estimator import SensorEstimator
 from urbanbrain.store import Store, StoredEvent
 
 _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field controller's own mode
-SILENT_AFTER_S = 30.0  # a device with no event for this long (city time) is flagged silent
+SILENT_AFTER_S = 30.0
+MAX_AHEAD_S = 60.0  # an event further ahead of the city clock is refused (a wrong clock must not stop the brain)  # a device with no event for this long (city time) is flagged silent
 
 
 class BatchError(ValueError):
@@ -63,6 +64,7 @@ class IngestResult:
     duplicates: int
     city_time: float | None
     commands: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    last_command_id: int = 0  # the cursor to send as `commands_after` next time
 
 
 Listener = Callable[[dict[str, Any]], None]
@@ -81,6 +83,13 @@ class CityRuntime:
         self.controller = CONTROLLERS[controller](network)
         self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision)
         self._stopline = {loop.detector_id for s in self.stations for loop in s.loops if loop.position == "stopline"}
+        # The device registry: what each device is, and what it may report on.
+        self._loops = {s.device_id: {loop.detector_id: loop for loop in s.loops} for s in self.stations}
+        self._camera_lanes: dict[str, set[str]] = {}
+        for station in self.stations:
+            for loop_id, camera in station.cameras.items():
+                self._camera_lanes.setdefault(camera, set()).add(self._loops[station.device_id][loop_id].lane)
+        self._controllers = {controller_device(i): i for i in network.intersections}
         self._lock = threading.RLock()
         self._new_commands: list[SignalCommand] = []
         self._new_decisions: list[dict[str, Any]] = []
@@ -91,6 +100,7 @@ class CityRuntime:
         self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received, events]
         for device_id, kind, last_time, received, count in store.device_summary():
             self.devices[device_id] = [kind, last_time, received, count]
+        self._last_command_id = store.last_command_id()
         self.modes: dict[str, str] = store.controller_modes()
         for intersection_id, mode in self.modes.items():  # an operator's order survives a restart
             if mode != "brain" and intersection_id in network.intersections:
@@ -102,8 +112,9 @@ class CityRuntime:
 
     def ingest(self, raw: list[Any], principal: Principal, commands_after: int | None = None) -> IngestResult:
         """Validate, store and act on one batch; all or nothing. Returns what was
-        accepted and, if `commands_after` is given, the commands for the principal's
-        controllers issued after that id."""
+        accepted and the commands for the principal's controllers issued after
+        `commands_after` — by default, those issued in answer to this batch (a field
+        that starts does not get the history replayed) — with the cursor for next time."""
         events = []
         errors: list[tuple[int | None, str, str]] = []
         for index, item in enumerate(raw):
@@ -111,6 +122,13 @@ class CityRuntime:
                 events.append(parse_event(item))
             except ProtocolError as exc:
                 errors += [(index, f, reason) for f, reason in exc.errors]
+        if not errors:
+            errors = [error for index, event in enumerate(events) for error in self._check_device(index, event)]
+        clock = self.city_time
+        if not errors and clock is not None:
+            errors = [(index, "time", f"{event.time:g} is {event.time - clock:.0f} s ahead of the city clock ({clock:g}); "
+                                      f"at most {MAX_AHEAD_S:g} s is accepted") for index, event in enumerate(events)
+                      if event.time > clock + MAX_AHEAD_S]
         if errors:
             raise BatchError(errors)
         foreign = [(i, "device_id", f"key {principal.name!r} may not report for device {e.device_id!r}")
@@ -118,6 +136,7 @@ class CityRuntime:
         if foreign:
             raise BatchError(foreign, status=403)
         with self._lock:
+            cursor = self._last_command_id if commands_after is None else commands_after
             fresh = self.store.append_events([StoredEvent(e.device_id, e.seq, e.kind, e.time,
                                                           e.model_dump_json()) for e in events])
             fresh_keys = {(e.device_id, e.seq) for e in fresh}
@@ -129,10 +148,45 @@ class CityRuntime:
                 entry[2] = received
                 entry[3] += 1
             self.bus.publish_all(published)
-            if published:
-                self._advance(max(e.time for e in published))
-            commands = [] if commands_after is None else self.commands_for(principal, commands_after)
-            return IngestResult(len(published), len(events) - len(published), self.city_time, commands)
+            reports = [e.time for e in published if e.kind == "controller"]
+            if reports:  # the signal controllers' clocks drive the brain: it decides when they report
+                self._advance(max(reports))
+            commands = self.commands_for(principal, cursor)
+            last = max([cursor, *(command_id for command_id, _ in commands)])
+            return IngestResult(len(published), len(events) - len(published), self.city_time, commands, last)
+
+    def _check_device(self, index: int, event) -> list[tuple[int, str, str]]:
+        """An event must come from a device in the registry and speak only of what that
+        device sees: a controller of its own intersection, a detector station of its
+        own loops, a camera of its own lanes."""
+        device = event.device_id
+        if event.kind == "controller":
+            own = self._controllers.get(device)
+            if own is None:
+                return [(index, "device_id", f"{device!r} is not a signal controller in the device registry")]
+            if event.intersection != own:
+                return [(index, "intersection", f"controller {device!r} reports for {event.intersection!r}; "
+                                                f"it is the controller of {own!r}")]
+            return []
+        if event.kind == "detector":
+            loops = self._loops.get(device)
+            if loops is None:
+                return [(index, "device_id", f"{device!r} is not a detector station in the device registry")]
+            errors = []
+            for k, reading in enumerate(event.readings):
+                loop = loops.get(reading.detector_id)
+                if loop is None:
+                    errors.append((index, f"readings.{k}.detector_id", f"loop {reading.detector_id!r} is not one of station {device!r}'s"))
+                elif (reading.lane, reading.position) != (loop.lane, loop.position):
+                    errors.append((index, f"readings.{k}.lane", f"loop {reading.detector_id!r} is the {loop.position} loop "
+                                                                f"of lane {loop.lane!r}, not the {reading.position} loop of {reading.lane!r}"))
+            return errors
+        lanes = self._camera_lanes.get(device)
+        if lanes is None:
+            return [(index, "device_id", f"{device!r} is not a camera in the device registry")]
+        if event.lane not in lanes:
+            return [(index, "lane", f"camera {device!r} watches {', '.join(sorted(lanes))}, not {event.lane!r}")]
+        return []
 
     def commands_for(self, principal: Principal, after: int) -> list[tuple[int, dict[str, Any]]]:
         controllers = None
@@ -161,6 +215,7 @@ class CityRuntime:
         if commands:
             ids = self.store.add_commands([(controller_device(c.intersection), c.intersection, c.time,
                                             c.model_dump(mode="json")) for c in commands])
+            self._last_command_id = max(ids)
             for command_id, command in zip(ids, commands):
                 self._notify({"type": "command", "id": command_id, "controller": controller_device(command.intersection),
                               "command": command.model_dump(mode="json")})
@@ -168,7 +223,7 @@ class CityRuntime:
         if decisions:
             self.store.add_decisions(decisions)
             for decision in decisions:
-                self._notify({"type": "decision", **_jsonable(decision)})
+                self._notify({"type": "decision", **jsonable(decision)})
 
     def _on_decision(self, entry: dict[str, Any]) -> None:
         if entry["outcome"] != "kept":  # keep decisions stay in memory (BrainLoop.recent): one per contested second
@@ -290,5 +345,5 @@ class CityRuntime:
             listener(message)
 
 
-def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
+def jsonable(entry: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(entry, default=str))

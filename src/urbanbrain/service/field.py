@@ -22,10 +22,11 @@ from urbanbrain.network.model import Network
 from urbanbrain.twin.scenario import Scenario
 from urbanbrain.twin.sumo_twin import Twin
 
-# send(events, commands_after) -> the (id, command) pairs issued after that id
-Transport = Callable[[list[dict[str, Any]], int], list[tuple[int, dict[str, Any]]]]
+# send(events, commands_after) -> (the (id, command) pairs issued after that id, the
+# cursor for next time); commands_after None: only those issued in answer to these events
+Transport = Callable[[list[dict[str, Any]], int | None], tuple[list[tuple[int, dict[str, Any]]], int]]
 MAX_UNSENT = 100_000  # events a field keeps while the brain is unreachable (the oldest go first)
-MAX_BATCH = 5_000
+RESEND_BATCH = 5_000
 
 
 class BrainUnreachable(ConnectionError):
@@ -34,7 +35,8 @@ class BrainUnreachable(ConnectionError):
 
 class TwinField:
     def __init__(self, scenario: Scenario, network: Network, send: Transport, *, seed: int = 1,
-                 speed: float = 1.0, horizon_s: float | None = None, tripinfo_path: Path | None = None):
+                 speed: float = 1.0, horizon_s: float | None = None, tripinfo_path: Path | None = None,
+                 failsafe_s: float = 10.0):
         self.scenario = scenario
         self.network = network
         self.send = send
@@ -46,12 +48,13 @@ class TwinField:
             self.bus.subscribe(kind, self._outbox.append)
         # Like a real device's sequence numbers, the twin's must go on rising when it
         # starts again against the same brain, or its new events would be taken for
-        # resends of the last run's: they start from the wall clock (ns resolution
-        # leaves a run room for 10^9 events per device per second of start time).
-        self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path,
-                         sequence_base=int(time.time()) * 1_000_000_000)
-        self.last_command = 0
+        # resends of the last run's: they start from the wall clock in nanoseconds (a
+        # run sends far fewer events per device than nanoseconds pass before the next).
+        self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path, failsafe_s=failsafe_s,
+                         sequence_base=time.time_ns())
+        self.last_command: int | None = None  # cursor of the commands applied; None until the brain first answers
         self.unsent: list[dict[str, Any]] = []
+        self.dropped = 0  # events lost because the brain stayed unreachable too long (MAX_UNSENT)
         self.brain_reachable = True
         self.stop_requested = threading.Event()
 
@@ -89,18 +92,19 @@ class TwinField:
         fail-safe takes over."""
         self.unsent += [e.model_dump(mode="json") for e in self._outbox]
         self._outbox.clear()
-        del self.unsent[:-MAX_UNSENT]
+        if len(self.unsent) > MAX_UNSENT:
+            self.dropped += len(self.unsent) - MAX_UNSENT
+            del self.unsent[:-MAX_UNSENT]
         while self.unsent:
-            batch = self.unsent[:MAX_BATCH]
+            batch = self.unsent[:RESEND_BATCH]
             try:
-                commands = self.send(batch, self.last_command)
+                commands, self.last_command = self.send(batch, self.last_command)
             except BrainUnreachable:
                 self.brain_reachable = False
                 return
             self.brain_reachable = True
             del self.unsent[:len(batch)]
-            for command_id, payload in commands:
-                self.last_command = max(self.last_command, command_id)
+            for _, payload in commands:
                 self.bus.publish(parse_command(payload))
 
 
@@ -111,14 +115,15 @@ def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transpor
     a configuration error and stops the field with the brain's explanation."""
     client = httpx.Client(base_url=brain_url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout_s)
 
-    def send(events: list[dict[str, Any]], after: int) -> list[tuple[int, dict[str, Any]]]:
+    def send(events: list[dict[str, Any]], after: int | None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
         try:
-            response = client.post("/api/events", json=events, params={"commands_after": after})
+            response = client.post("/api/events", json=events, params={} if after is None else {"commands_after": after})
         except httpx.TransportError as exc:
             raise BrainUnreachable(f"brain at {brain_url}: {exc}") from None
         if response.status_code >= 500:
             raise BrainUnreachable(f"brain at {brain_url}: {response.status_code}")
         if response.status_code != 200:
             raise RuntimeError(f"brain refused the batch: {response.status_code} {response.text[:500]}")
-        return [(c["id"], c["command"]) for c in response.json()["commands"]]
+        answer = response.json()
+        return [(c["id"], c["command"]) for c in answer["commands"]], answer["last_command_id"]
     return send

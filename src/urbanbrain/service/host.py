@@ -39,6 +39,7 @@ class HostOptions:
     speed: float = 1.0
     seed: int = 1
     duration_s: float | None = None
+    failsafe_s: float = 10.0  # twin: a field controller runs its own plan after this long without a command
     retention_days: float = 30.0  # device events and decisions older than this are deleted (KPI minutes and audit stay)
 
 
@@ -47,7 +48,7 @@ def default_data_dir() -> Path:
 
 
 def open_store(data_dir: Path, db: str | None) -> Store:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the city's data and the admin key: this user's only
     store = Store(db or sqlite_url(data_dir / "urbanbrain.db"))
     store.migrate()
     return store
@@ -60,8 +61,9 @@ def admin_key(store: Store, data_dir: Path) -> tuple[str | None, bool]:
     if not any(k["role"] == "admin" and k["revoked_at"] is None for k in store.keys()):
         name = "admin" if not any(k["name"] == "admin" for k in store.keys()) else f"admin-{len(store.keys())}"
         key = create_key(store, name, "admin")
-        path.write_text(key + "\n", encoding="utf-8")
-        os.chmod(path, 0o600)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(key + "\n")
         return key, True
     return (path.read_text(encoding="utf-8").strip() if path.exists() else None), False
 
@@ -74,11 +76,11 @@ class CityHost:
         self.options = options
         self.field: TwinField | None = None
         self.thread = threading.Thread(target=self._run, name="city", daemon=True)
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self.service.twin = "starting" if self.options.twin else "off"
         self.thread.start()
-        self._stopping = threading.Event()
         threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
     def stop(self) -> None:
@@ -105,9 +107,10 @@ class CityHost:
                 return
 
             def send(events, after):
-                return runtime.ingest(events, TWIN_PRINCIPAL, after).commands if events else []
+                result = runtime.ingest(events, TWIN_PRINCIPAL, after)
+                return result.commands, result.last_command_id
             self.field = TwinField(scenario, network, send, seed=self.options.seed, speed=self.options.speed,
-                                   horizon_s=self.options.duration_s)
+                                   horizon_s=self.options.duration_s, failsafe_s=self.options.failsafe_s)
             self.field.run(on_start=lambda: setattr(self.service, "twin", "running"))
             self.service.twin = "finished"
         except Exception as exc:  # the service stays up to say what went wrong

@@ -53,10 +53,9 @@ def create_key(store: Store, name: str, role: str, devices: list[str] | None = N
         raise KeyError_("a device key needs the device ids it may speak for (a trailing * matches a prefix)")
     if role != "device" and devices:
         raise KeyError_(f"only device keys are confined to devices, not {role} keys")
-    if any(k["name"] == name for k in store.keys()):
-        raise KeyError_(f"a key named {name!r} exists already (revoke it or choose another name)")
     key = "ub_" + secrets.token_urlsafe(32)
-    store.add_key(name, role, hash_key(key), key[:10], devices)
+    if not store.add_key(name, role, hash_key(key), key[:10], devices):
+        raise KeyError_(f"a key named {name!r} exists already (revoked keys keep their names; choose another)")
     return key
 
 

@@ -19,6 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from urbanbrain.store.schema import (api_keys, audit, commands, controller_modes, decisions, device_events,
                                      kpi_minutes)
@@ -176,13 +177,14 @@ class Store:
             connection.execute(statement)
 
     def kpis(self, since: float | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+        """KPI minutes from `since` on, oldest first; at most the newest `limit` of them."""
         query = select(kpi_minutes.c.minute, kpi_minutes.c.vehicles, kpi_minutes.c.queue_veh,
                        kpi_minutes.c.throughput_veh, kpi_minutes.c.stopped_delay_veh_s,
-                       kpi_minutes.c.mean_delay_s).order_by(kpi_minutes.c.minute).limit(limit)
+                       kpi_minutes.c.mean_delay_s).order_by(kpi_minutes.c.minute.desc()).limit(limit)
         if since is not None:
             query = query.where(kpi_minutes.c.minute >= since)
         with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+            return [dict(row._mapping) for row in connection.execute(query)][::-1]
 
     # -- operator settings -----------------------------------------------------------
 
@@ -201,10 +203,15 @@ class Store:
 
     # -- API keys and audit ----------------------------------------------------------
 
-    def add_key(self, name: str, role: str, key_hash: str, prefix: str, devices: list[str]) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(insert(api_keys).values(name=name, role=role, key_hash=key_hash, prefix=prefix,
-                                                       devices=devices, created_at=utcnow()))
+    def add_key(self, name: str, role: str, key_hash: str, prefix: str, devices: list[str]) -> bool:
+        """Store a key; False if its name is taken (also by a key made at the same moment)."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(api_keys).values(name=name, role=role, key_hash=key_hash, prefix=prefix,
+                                                           devices=devices, created_at=utcnow()))
+        except IntegrityError:
+            return False
+        return True
 
     def key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
         query = select(api_keys).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
@@ -238,14 +245,19 @@ class Store:
     # -- retention -------------------------------------------------------------------
 
     def purge(self, events_days: float, decisions_days: float) -> tuple[int, int]:
-        """Delete device events and decisions older than the retention (by when they
-        arrived); KPI minutes, keys and the audit trail are kept."""
+        """Delete device events, decisions and commands older than the retention (by when
+        they arrived or were made; the newest command always stays, as the command ids'
+        high-water mark); KPI minutes, keys and the audit trail are kept. Returns the
+        numbers of events and decisions deleted."""
         now = utcnow()
         with self.engine.begin() as connection:
             gone_events = connection.execute(delete(device_events).where(
                 device_events.c.received_at < now - timedelta(days=events_days))).rowcount
             gone_decisions = connection.execute(delete(decisions).where(
                 decisions.c.created_at < now - timedelta(days=decisions_days))).rowcount
+            newest = connection.execute(select(func.coalesce(func.max(commands.c.id), 0))).scalar_one()
+            connection.execute(delete(commands).where(commands.c.created_at < now - timedelta(days=decisions_days),
+                                                      commands.c.id < newest))
         return gone_events, gone_decisions
 
 
