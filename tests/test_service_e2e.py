@@ -116,19 +116,20 @@ def test_the_twin_over_http_gives_the_kpis_of_the_twin_in_process(grid_city: Pat
     assert abs(over_http["att_s"] - in_process.att_s) <= 0.05 * in_process.att_s
 
 
-def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_city: Path, tmp_path: Path):
+def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_city: Path, tmp_path: Path,
+                                                                          store_url: str):
     """Kill the brain mid-run: every controller falls back to its plan within the
     timeout (10 s), with no conflicting greens at any second; restart the brain:
-    remote control resumes, safely."""
+    remote control resumes, safely. On SQLite and on PostgreSQL."""
     from urbanbrain.service.field import TwinField, http_transport
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ("--scenario", str(grid_city), "--no-twin")
+    args = ("--scenario", str(grid_city), "--no-twin", "--db", store_url)
     service = start_service(tmp_path, port, *args)
     wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
     made = subprocess.run([*CLI, "keys", "create", "field", "--role", "device", "--device", "*",
-                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+                           "--data-dir", str(tmp_path), "--db", store_url], capture_output=True, text=True, timeout=60)
     key = made.stdout.split(": ")[1].split()[0]
     scenario = load_scenario(grid_city)
     network = read_network(scenario.net_file)
