@@ -97,11 +97,16 @@ def run(
     seed: Annotated[int, typer.Option(help="twin: SUMO's random seed")] = 1,
     retention_days: Annotated[float, typer.Option(min=0.01, help="keep device events and decisions this many days (KPI minutes, keys and the audit trail are kept)")] = 30.0,
     failsafe: Annotated[float, typer.Option(min=1, help="twin: a signal controller runs its own plan after this many seconds without a command")] = 10.0,
+    webhook: Annotated[list[str] | None, typer.Option(help="POST every alert change here (repeat for several subscribers)")] = None,
+    webhook_secret: Annotated[str | None, typer.Option(envvar="URBANBRAIN_WEBHOOK_SECRET", help="shared secret that signs webhook bodies (HMAC-SHA256)")] = None,
 ) -> None:
     """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
     from urbanbrain.service.host import HostOptions, serve
 
     _controllers(controller)
+    if webhook and not webhook_secret:
+        raise typer.BadParameter("webhooks need a secret to sign with: --webhook-secret or URBANBRAIN_WEBHOOK_SECRET",
+                                 param_hint="--webhook-secret")
     if scenario != "demo":
         _load(scenario)  # a bad scenario is named before the service starts
 
@@ -116,7 +121,7 @@ def run(
 
     serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
                       twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
-                      failsafe_s=failsafe), announce)
+                      failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret), announce)
 
 
 @app.command("twin")

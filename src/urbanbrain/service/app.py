@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from urbanbrain.service.city import BatchError, CityRuntime, jsonable
+from urbanbrain.service.fiware import alert_entity
 from urbanbrain.service.keys import ADMIN, POST_EVENTS, READ, STEER, KeyError_, Principal, authenticate, create_key
 from urbanbrain.store import Store
 
@@ -155,7 +156,23 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
 
     @app.get("/api/alerts", dependencies=[reader])
     def alerts(status: Literal["new", "acknowledged", "resolved"] | None = None) -> list[dict[str, Any]]:
-        return []  # incident detection (issue 5) fills this
+        return store.alerts(status)
+
+    @app.get("/api/ngsi-ld/alerts", dependencies=[reader])
+    def alerts_ngsi_ld(status: Literal["new", "acknowledged", "resolved"] | None = None) -> JSONResponse:
+        city = runtime().network.name
+        return JSONResponse([alert_entity(a, city) for a in store.alerts(status)], media_type="application/ld+json")
+
+    @app.post("/api/alerts/{alert_id}/acknowledge")
+    def acknowledge(alert_id: int, who: Annotated[Principal, Depends(principal(STEER))]) -> dict[str, Any]:
+        current = store.alert(alert_id)
+        if current is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        changed = runtime().acknowledge_alert(alert_id, who.name)
+        if changed is None:
+            raise HTTPException(409, f"alert {alert_id} is {current['status']}, not new")
+        store.add_audit(who.name, who.role, "acknowledge alert", str(alert_id), {})
+        return changed
 
     @app.post("/api/intersections/{intersection_id}/control")
     def control(intersection_id: str, body: ControlRequest,

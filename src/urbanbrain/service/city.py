@@ -24,6 +24,7 @@ from urbanbrain.control.safety import SafetyLayer
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.inventory import DeviceLayout, place_devices
 from urbanbrain.devices.protocol import DetectorReport, ProtocolError, SignalCommand, parse_event
+from urbanbrain.incidents.detector import IncidentDetector
 from urbanbrain.network.model import Network
 from urbanbrain.service.keys import Principal
 from urbanbrain.state.estimator import SensorEstimator
@@ -71,7 +72,7 @@ Listener = Callable[[dict[str, Any]], None]
 
 
 class CityRuntime:
-    def __init__(self, network: Network, store: Store, controller: str = "brain"):
+    def __init__(self, network: Network, store: Store, controller: str = "brain", webhooks: tuple[str, ...] = ()):
         if controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
         self.network = network
@@ -82,6 +83,9 @@ class CityRuntime:
         self.safety = SafetyLayer(network)
         self.controller = CONTROLLERS[controller](network)
         self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision)
+        self.detector = IncidentDetector(network, self.stations, self.bus)
+        self.webhooks = tuple(webhooks)
+        self._alert_ids: dict[str, int] = {}  # the detector's alert id -> the stored alert's
         self._stopline = {loop.detector_id for s in self.stations for loop in s.loops if loop.position == "stopline"}
         # The device registry: what each device is, and what it may report on.
         self._loops = {s.device_id: {loop.detector_id: loop for loop in s.loops} for s in self.stations}
@@ -206,6 +210,7 @@ class CityRuntime:
         self._last_tick = now
         self.brain.tick(now)
         self._flush()
+        self._sync_alerts()
         self._measure(now)
         self._notify(self.tick_message())
 
@@ -256,6 +261,38 @@ class CityRuntime:
                "mean_delay_s": minute.stopped_veh_s / minute.throughput if minute.throughput else 0.0}
         self.store.put_kpi_minute(row)
         self._notify({"type": "kpi", **row})
+
+    # -- alerts ---------------------------------------------------------------------
+
+    def _sync_alerts(self) -> None:
+        """Store what the detector found or saw end, with the deliveries to the webhooks,
+        and tell the live listeners."""
+        for found in self.detector.alerts:
+            stored_id = self._alert_ids.get(found.id)
+            if stored_id is None:
+                held = found.evidence.get("vehicles_stopped", 1)
+                stored = self.store.add_alert({
+                    "key": found.id, "type": "carAccident" if held >= 2 else "carStopped",
+                    "severity": "high" if held >= 2 else "medium", "intersection": found.intersection,
+                    "edge": found.edge, "zone_from_m": found.from_m, "zone_to_m": found.to_m,
+                    "started_at": found.started_at, "detected_at": found.detected_at, "resolved_at": None,
+                    "evidence": {**found.evidence, "zone": found.zone}}, self.webhooks)
+                if stored is None:
+                    continue
+                self._alert_ids[found.id] = stored_id = stored["id"]
+                self._notify({"type": "alert", "alert": stored})
+            if found.resolved_at is not None:
+                changed = self.store.change_alert(stored_id, "resolved", self.webhooks, resolved_at=found.resolved_at)
+                if changed is not None:
+                    self._notify({"type": "alert", "alert": changed})
+        self.detector.alerts = [a for a in self.detector.alerts if a.resolved_at is None]
+
+    def acknowledge_alert(self, alert_id: int, by: str) -> dict[str, Any] | None:
+        """An operator has taken the alert in hand; None if there is no such alert or it is not new."""
+        changed = self.store.change_alert(alert_id, "acknowledged", self.webhooks, by=by)
+        if changed is not None:
+            self._notify({"type": "alert", "alert": changed})
+        return changed
 
     # -- operators ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
 from urbanbrain.service.field import TwinField
 from urbanbrain.service.keys import Principal, create_key
+from urbanbrain.service.webhooks import WebhookDispatcher
 from urbanbrain.store import Store
 from urbanbrain.store.store import sqlite_url
 from urbanbrain.twin.scenario import load_scenario
@@ -40,7 +41,9 @@ class HostOptions:
     seed: int = 1
     duration_s: float | None = None
     failsafe_s: float = 10.0  # twin: a field controller runs its own plan after this long without a command
-    retention_days: float = 30.0  # device events and decisions older than this are deleted (KPI minutes and audit stay)
+    retention_days: float = 30.0
+    webhooks: tuple[str, ...] = ()  # alert subscribers (URLs)
+    webhook_secret: str | None = None  # device events and decisions older than this are deleted (KPI minutes and audit stay)
 
 
 def default_data_dir() -> Path:
@@ -77,14 +80,21 @@ class CityHost:
         self.field: TwinField | None = None
         self.thread = threading.Thread(target=self._run, name="city", daemon=True)
         self._stopping = threading.Event()
+        self.dispatcher = None
+        if options.webhooks:
+            self.dispatcher = WebhookDispatcher(service.store, options.webhook_secret or "")
 
     def start(self) -> None:
         self.service.twin = "starting" if self.options.twin else "off"
         self.thread.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
         threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self.field is not None:
             self.field.stop()
         self.thread.join(timeout=30)
@@ -101,7 +111,7 @@ class CityHost:
         try:
             scenario = load_scenario(self.options.scenario)
             network = read_network(scenario.net_file)
-            runtime = CityRuntime(network, self.service.store, self.options.controller)
+            runtime = CityRuntime(network, self.service.store, self.options.controller, webhooks=self.options.webhooks)
             self.service.runtime = runtime
             if not self.options.twin:
                 return

@@ -97,3 +97,38 @@ controller_modes = Table(
     Column("controller", String(20), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+alerts = Table(
+    "alerts", metadata,  # incidents found, through their lifecycle: new -> acknowledged -> resolved
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False, unique=True),  # the detector's own id for it
+    Column("type", String(40), nullable=False),  # carStopped | carAccident | trafficJam (FIWARE subCategory)
+    Column("severity", String(20), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("intersection", String(200), nullable=True),
+    Column("edge", String(200), nullable=True),
+    Column("zone_from_m", Float, nullable=True),
+    Column("zone_to_m", Float, nullable=True),
+    Column("started_at", Float, nullable=False),  # city clock
+    Column("detected_at", Float, nullable=False),
+    Column("resolved_at", Float, nullable=True),
+    Column("acknowledged_by", String(100), nullable=True),
+    Column("acknowledged_at", DateTime(timezone=True), nullable=True),
+    Column("evidence", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,  # the outbox: every alert change for every subscriber, until delivered
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("alert_id", BigInteger, nullable=False),
+    Column("event", String(20), nullable=False),  # new | acknowledged | resolved
+    Column("payload", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.delivered_at, webhook_deliveries.c.next_attempt_at)

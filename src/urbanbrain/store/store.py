@@ -21,8 +21,8 @@ from sqlalchemy import Engine, create_engine, delete, event, func, insert, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from urbanbrain.store.schema import (api_keys, audit, commands, controller_modes, decisions, device_events,
-                                     kpi_minutes)
+from urbanbrain.store.schema import (alerts, api_keys, audit, commands, controller_modes, decisions, device_events,
+                                     kpi_minutes, webhook_deliveries)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -242,6 +242,88 @@ class Store:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
+    # -- alerts and their webhook deliveries ---------------------------------------------
+
+    def add_alert(self, row: dict[str, Any], webhooks: Sequence[str]) -> dict[str, Any] | None:
+        """Store a new alert and, in the same transaction, its deliveries to every
+        webhook; None if the detector's key is known already."""
+        with self.engine.begin() as connection:
+            if connection.execute(select(alerts.c.id).where(alerts.c.key == row["key"])).first() is not None:
+                return None
+            alert_id = connection.execute(insert(alerts).values(**row, status="new", created_at=utcnow())
+                                          .returning(alerts.c.id)).scalar_one()
+            stored = self._alert(connection, alert_id)
+            self._enqueue(connection, stored, "new", webhooks)
+        return stored
+
+    def change_alert(self, alert_id: int, event: str, webhooks: Sequence[str], *, by: str | None = None,
+                     resolved_at: float | None = None) -> dict[str, Any] | None:
+        """`acknowledged` (by an operator) or `resolved`; the deliveries go in the same
+        transaction. None if there is no such alert or the change does not apply
+        (acknowledging one that is not new, resolving one resolved)."""
+        with self.engine.begin() as connection:
+            current = self._alert(connection, alert_id)
+            if current is None:
+                return None
+            if event == "acknowledged" and current["status"] == "new":
+                values = {"status": "acknowledged", "acknowledged_by": by, "acknowledged_at": utcnow()}
+            elif event == "resolved" and current["status"] != "resolved":
+                values = {"status": "resolved", "resolved_at": resolved_at}
+            else:
+                return None
+            connection.execute(update(alerts).where(alerts.c.id == alert_id).values(**values))
+            stored = self._alert(connection, alert_id)
+            self._enqueue(connection, stored, event, webhooks)
+        return stored
+
+    def alerts(self, status: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        query = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(alerts.c.status == status)
+        with self.engine.connect() as connection:
+            return [_alert_json(row._mapping) for row in connection.execute(query)]
+
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            return self._alert(connection, alert_id)
+
+    @staticmethod
+    def _alert(connection, alert_id: int) -> dict[str, Any] | None:
+        row = connection.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+        return None if row is None else _alert_json(row._mapping)
+
+    @staticmethod
+    def _enqueue(connection, alert: dict[str, Any], event: str, webhooks: Sequence[str]) -> None:
+        if not webhooks:
+            return
+        payload = json.dumps({"event": event, "alert": alert}, sort_keys=True)
+        now = utcnow()
+        connection.execute(insert(webhook_deliveries), [
+            {"url": url, "alert_id": alert["id"], "event": event, "payload": payload, "attempts": 0,
+             "next_attempt_at": now, "created_at": now} for url in webhooks])
+
+    def due_deliveries(self, limit: int = 100) -> list[dict[str, Any]]:
+        query = (select(webhook_deliveries).where(webhook_deliveries.c.delivered_at.is_(None),
+                                                  webhook_deliveries.c.next_attempt_at <= utcnow())
+                 .order_by(webhook_deliveries.c.id).limit(limit))
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def delivery_done(self, delivery_id: int) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
+                               .values(delivered_at=utcnow(), attempts=webhook_deliveries.c.attempts + 1))
+
+    def delivery_failed(self, delivery_id: int, error: str, retry_in_s: float) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(
+                attempts=webhook_deliveries.c.attempts + 1, last_error=error[:2000],
+                next_attempt_at=utcnow() + timedelta(seconds=retry_in_s)))
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(select(webhook_deliveries).order_by(webhook_deliveries.c.id))]
+
     # -- retention -------------------------------------------------------------------
 
     def purge(self, events_days: float, decisions_days: float) -> tuple[int, int]:
@@ -259,6 +341,14 @@ class Store:
             connection.execute(delete(commands).where(commands.c.created_at < now - timedelta(days=decisions_days),
                                                       commands.c.id < newest))
         return gone_events, gone_decisions
+
+
+def _alert_json(row) -> dict[str, Any]:
+    alert = dict(row)
+    for name in ("acknowledged_at", "created_at"):
+        if alert.get(name) is not None:
+            alert[name] = alert[name].isoformat()
+    return alert
 
 
 def _sqlite_pragmas(connection, _record) -> None:
