@@ -70,3 +70,21 @@ def test_an_injected_crash_blocks_its_lane_and_the_truth_stays_off_the_bus(grid_
     assert not any("c1" in repr(event) for event in published), "nothing about the incident itself is published"
     injector.write_truth(tmp_path / "truth.jsonl")
     assert '"id": "c1"' in (tmp_path / "truth.jsonl").read_text()
+
+
+def test_the_command_line_simulates_chosen_incidents_and_names_bad_ones(grid_city: Path, tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "urbanbrain.cli", "incidents", "simulate", "--scenario", str(grid_city),
+           "--horizon", "400", "--controller", "fixed", "--out", str(tmp_path)]
+    network = read_network(load_scenario(grid_city).net_file)
+    edge = sorted(a.edge for i in network.intersections.values() for a in i.approaches if a.from_intersection is None)[0]
+    bad = subprocess.run([*cli, "--at", f"crash,{edge},7,50,10,600"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "lanes 0..1" in bad.stderr
+    good = subprocess.run([*cli, "--at", f"stalled_vehicle,{edge},0,60,20,300"], capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stderr
+    truth = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    assert truth[0]["edge"] == edge and truth[0]["blocked_from"] is not None
+    assert (tmp_path / "alerts.jsonl").exists()

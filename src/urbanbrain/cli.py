@@ -38,8 +38,13 @@ def _load(scenario: str):
         raise typer.BadParameter(str(exc), param_hint="--scenario") from None
 
 
-@app.command()
+bench_app = typer.Typer(help="Benchmarks: controllers side by side (default), incidents.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
     controller: Annotated[str | None, typer.Option(help="comma-separated controllers (default: all)")] = None,
     observation: Annotated[str, typer.Option(help="sensors (devices only) or oracle (research only: reads the simulator)")] = "sensors",
@@ -52,6 +57,8 @@ def bench(
     jobs: Annotated[int, typer.Option(min=1, help="controllers run at once (wall times are comparable only with 1)")] = 1,
 ) -> None:
     """Run controllers side by side on one scenario (each in its own simulation and process) and compare KPIs."""
+    if ctx.invoked_subcommand is not None:
+        return
     if observation not in OBSERVATIONS:
         raise typer.BadParameter(f"choose sensors or oracle, not {observation!r}", param_hint="--observation")
     names = _controllers(controller)
@@ -83,6 +90,40 @@ def bench(
                                           "commands": r.commands} for r in results}, details)
 
 
+@bench_app.command("incidents")
+def bench_incidents(
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    count: Annotated[int, typer.Option(min=1, max=500, help="incidents injected across the hour")] = 50,
+    seed: Annotated[int, typer.Option(help="seed of the incidents' places and times, and SUMO's")] = 1,
+    controller: Annotated[str, typer.Option(help="the controller running the signals meanwhile")] = "brain",
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON here")] = None,
+    truth: Annotated[Path | None, typer.Option(help="write the ground truth and the alerts as JSON lines here (a folder)")] = None,
+) -> None:
+    """Inject incidents into a scenario, detect them from device events only, and score the detector."""
+    import json
+    from dataclasses import asdict
+
+    from urbanbrain.incidents.evaluation import run_incidents
+    from urbanbrain.incidents.injection import IncidentError
+
+    _controllers(controller)
+    loaded, network = _load(scenario)
+    try:
+        with console.status(f"{count} incidents on {loaded.name}, detected from device events ..."):
+            score, records, alerts = run_incidents(loaded, network, count, seed, controller=controller)
+    except IncidentError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--count") from None
+    result = score.to_json()
+    for key, value in result.items():
+        console.print(f"  {key:36s} {value if not isinstance(value, float) else round(value, 3)}")
+    if json_path:
+        report.write_json(result, json_path)
+    if truth:
+        truth.mkdir(parents=True, exist_ok=True)
+        (truth / "truth.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records), encoding="utf-8")
+        (truth / "alerts.jsonl").write_text("".join(json.dumps(asdict(a)) + "\n" for a in alerts), encoding="utf-8")
+
+
 @app.command()
 def run(
     scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
@@ -98,6 +139,7 @@ def run(
     retention_days: Annotated[float, typer.Option(min=0.01, help="keep device events and decisions this many days (KPI minutes, keys and the audit trail are kept)")] = 30.0,
     failsafe: Annotated[float, typer.Option(min=1, help="twin: a signal controller runs its own plan after this many seconds without a command")] = 10.0,
     webhook: Annotated[list[str] | None, typer.Option(help="POST every alert change here (repeat for several subscribers)")] = None,
+    incidents: Annotated[int, typer.Option(min=0, max=500, help="twin: inject this many random incidents (ground truth to DATA_DIR/incidents-truth.jsonl)")] = 0,
     webhook_secret: Annotated[str | None, typer.Option(envvar="URBANBRAIN_WEBHOOK_SECRET", help="shared secret that signs webhook bodies (HMAC-SHA256)")] = None,
 ) -> None:
     """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
@@ -121,7 +163,8 @@ def run(
 
     serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
                       twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
-                      failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret), announce)
+                      failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret,
+                      incidents=incidents), announce)
 
 
 @app.command("twin")
@@ -157,6 +200,67 @@ def twin_field(
     if json_path:
         report.write_json({"scenario": loaded.name, "until_s": field.twin.now, "brain": brain, "kpis": asdict(kpis)},
                           json_path)
+
+
+incidents_app = typer.Typer(no_args_is_help=True, help="Incidents injected into the twin (ground truth kept apart).")
+app.add_typer(incidents_app, name="incidents")
+
+
+def _parse_incident(spec: str, begin_s: float, index: int):
+    """KIND,EDGE,LANES,POSITION_M,START_S,DURATION_S — e.g. crash,A0B0,0+1,120,600,900 (START from the scenario's begin)."""
+    from urbanbrain.incidents.injection import Incident
+
+    parts = spec.split(",")
+    if len(parts) != 6:
+        raise typer.BadParameter(f"{spec!r}: expected KIND,EDGE,LANES,POSITION_M,START_S,DURATION_S "
+                                 "(e.g. crash,A0B0,0+1,120,600,900)", param_hint="--at")
+    kind, edge, lanes, position, start, duration = parts
+    try:
+        return Incident(f"inc{index}", kind, edge, tuple(int(x) for x in lanes.split("+")), float(position),
+                        begin_s + float(start), float(duration))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{spec!r}: {exc}", param_hint="--at") from None
+
+
+@incidents_app.command("simulate")
+def incidents_simulate(
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    at: Annotated[list[str] | None, typer.Option(help="an incident KIND,EDGE,LANES,POSITION_M,START_S,DURATION_S (repeat); KIND stalled_vehicle or crash, LANES like 0 or 0+1")] = None,
+    count: Annotated[int, typer.Option(min=0, max=500, help="random incidents (besides those given with --at)")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the random incidents and of SUMO")] = 1,
+    horizon: Annotated[int, typer.Option(min=60, help="simulated seconds")] = 3600,
+    controller: Annotated[str, typer.Option(help="the controller running the signals")] = "brain",
+    out: Annotated[Path, typer.Option(help="folder for truth.jsonl (ground truth) and alerts.jsonl (what the detector found)")] = Path("incidents"),
+) -> None:
+    """Run a scenario with incidents; the ground truth goes to its own file, never to the devices or the detector."""
+    import json
+    from dataclasses import asdict
+
+    from urbanbrain.incidents.evaluation import run_incidents
+    from urbanbrain.incidents.injection import IncidentError, random_incidents
+
+    _controllers(controller)
+    loaded, network = _load(scenario)
+    try:
+        chosen = [_parse_incident(spec, loaded.begin_s, k + 1) for k, spec in enumerate(at or [])]
+        chosen += [i.__class__(f"inc{len(chosen) + k + 1}", i.kind, i.edge, i.lanes, i.position_m, i.start_s, i.duration_s)
+                   for k, i in enumerate(random_incidents(network, count, seed=seed, begin_s=loaded.begin_s,
+                                                          horizon_s=float(horizon)) if count else [])]
+        if not chosen:
+            raise typer.BadParameter("no incident: give --at or --count", param_hint="--at")
+        with console.status(f"{len(chosen)} incidents on {loaded.name} ..."):
+            score, records, alerts = run_incidents(loaded, network, 0, seed, controller=controller,
+                                                   horizon_s=float(horizon), incidents=chosen)
+    except IncidentError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--at") from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "truth.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records), encoding="utf-8")
+    (out / "alerts.jsonl").write_text("".join(json.dumps(asdict(a)) + "\n" for a in alerts), encoding="utf-8")
+    for record in records:
+        i = record.incident
+        console.print(f"  {i.id:6s} {i.kind:15s} {i.edge}:{'+'.join(map(str, i.lanes))} at {i.position_m:.0f} m, "
+                      f"blocked {record.blocked_from} → {record.cleared_at}")
+    console.print(f"{len(alerts)} alerts; detected {score.detected} of {score.happened}; truth and alerts in {out}")
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the brain service (run where its data directory is).")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from urbanbrain.bench.session import CitySession
 from urbanbrain.incidents.detector import IncidentAlert, IncidentDetector
-from urbanbrain.incidents.injection import IncidentInjector, TruthRecord, random_incidents
+from urbanbrain.incidents.injection import Incident, IncidentInjector, TruthRecord, random_incidents, validate
 from urbanbrain.network.model import Network
 from urbanbrain.twin.scenario import Scenario
 
@@ -38,8 +38,13 @@ class IncidentScore:
 
 
 def run_incidents(scenario: Scenario, network: Network, count: int, seed: int, *, controller: str = "brain",
-                  horizon_s: float = 3600.0) -> tuple[IncidentScore, list[TruthRecord], list[IncidentAlert]]:
-    incidents = random_incidents(network, count, seed=seed, begin_s=scenario.begin_s, horizon_s=horizon_s)
+                  horizon_s: float = 3600.0, incidents: list[Incident] | None = None,
+                  ) -> tuple[IncidentScore, list[TruthRecord], list[IncidentAlert]]:
+    """Run the scenario with `incidents` (or `count` random ones) and the detector on its device events."""
+    if incidents is None:
+        incidents = random_incidents(network, count, seed=seed, begin_s=scenario.begin_s, horizon_s=horizon_s)
+    for incident in incidents:
+        validate(incident, network)
     injector = IncidentInjector(incidents)
     session = CitySession(scenario, network, controller, seed=seed, horizon_s=horizon_s, world=[injector.step])
     detector = IncidentDetector(network, session.twin.stations, session.bus)

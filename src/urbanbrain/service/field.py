@@ -36,7 +36,7 @@ class BrainUnreachable(ConnectionError):
 class TwinField:
     def __init__(self, scenario: Scenario, network: Network, send: Transport, *, seed: int = 1,
                  speed: float = 1.0, horizon_s: float | None = None, tripinfo_path: Path | None = None,
-                 failsafe_s: float = 10.0):
+                 failsafe_s: float = 10.0, world: list | None = None):
         self.scenario = scenario
         self.network = network
         self.send = send
@@ -51,7 +51,7 @@ class TwinField:
         # resends of the last run's: they start from the wall clock in nanoseconds (a
         # run sends far fewer events per device than nanoseconds pass before the next).
         self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path, failsafe_s=failsafe_s,
-                         sequence_base=time.time_ns())
+                         sequence_base=time.time_ns(), world=world)
         self.last_command: int | None = None  # cursor of the commands applied; None until the brain first answers
         self.unsent: list[dict[str, Any]] = []
         self.dropped = 0  # events lost because the brain stayed unreachable too long (MAX_UNSENT)

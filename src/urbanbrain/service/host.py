@@ -15,6 +15,7 @@ from pathlib import Path
 import platformdirs
 import uvicorn
 
+from urbanbrain.incidents.injection import IncidentInjector, random_incidents
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
@@ -43,6 +44,7 @@ class HostOptions:
     failsafe_s: float = 10.0  # twin: a field controller runs its own plan after this long without a command
     retention_days: float = 30.0
     webhooks: tuple[str, ...] = ()  # alert subscribers (URLs)
+    incidents: int = 0  # twin: random incidents injected over the run (ground truth to DATA_DIR/incidents-truth.jsonl)
     webhook_secret: str | None = None  # device events and decisions older than this are deleted (KPI minutes and audit stay)
 
 
@@ -74,9 +76,10 @@ def admin_key(store: Store, data_dir: Path) -> tuple[str | None, bool]:
 class CityHost:
     """Loads the city and runs the in-process twin in a background thread."""
 
-    def __init__(self, service: ServiceState, options: HostOptions):
+    def __init__(self, service: ServiceState, options: HostOptions, data_dir: Path):
         self.service = service
         self.options = options
+        self.data_dir = data_dir
         self.field: TwinField | None = None
         self.thread = threading.Thread(target=self._run, name="city", daemon=True)
         self._stopping = threading.Event()
@@ -119,9 +122,19 @@ class CityHost:
             def send(events, after):
                 result = runtime.ingest(events, TWIN_PRINCIPAL, after)
                 return result.commands, result.last_command_id
+            injector = None
+            if self.options.incidents:
+                injector = IncidentInjector(random_incidents(
+                    network, self.options.incidents, seed=self.options.seed, begin_s=scenario.begin_s,
+                    horizon_s=self.options.duration_s or 3600.0))
             self.field = TwinField(scenario, network, send, seed=self.options.seed, speed=self.options.speed,
-                                   horizon_s=self.options.duration_s, failsafe_s=self.options.failsafe_s)
-            self.field.run(on_start=lambda: setattr(self.service, "twin", "running"))
+                                   horizon_s=self.options.duration_s, failsafe_s=self.options.failsafe_s,
+                                   world=[injector.step] if injector else None)
+            try:
+                self.field.run(on_start=lambda: setattr(self.service, "twin", "running"))
+            finally:
+                if injector is not None:  # for whoever evaluates; the brain never reads it
+                    injector.write_truth(self.data_dir / "incidents-truth.jsonl")
             self.service.twin = "finished"
         except Exception as exc:  # the service stays up to say what went wrong
             self.service.twin = "failed"
@@ -134,7 +147,7 @@ def serve(options: HostOptions, announce) -> None:
     store = open_store(data_dir, options.db)
     key, created = admin_key(store, data_dir)
     service = ServiceState(store)
-    host = CityHost(service, options)
+    host = CityHost(service, options, data_dir)
     app = create_app(service, on_shutdown=host.stop)
     announce(f"http://{options.host}:{options.port}", key, created, data_dir)
     host.start()
