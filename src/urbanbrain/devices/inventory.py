@@ -9,7 +9,9 @@ are in the lane they will leave by: lane changes happen further upstream), and o
 links long enough an entry loop at the link's upstream end, so that counting
 between them covers the whole link, plus a mid-zone loop whose occupancy tells how
 the vehicles between entry and advance loops are spread over the lanes; every approach gets an ANPR camera at the stop
-line; every signalised intersection gets a controller. Each lane of a feeder road
+line, and one where it begins when it is long enough for an entry loop (two plate
+reads of a vehicle give its travel time; one read without the other, a vehicle that
+did not arrive); every signalised intersection gets a controller. Each lane of a feeder road
 (upstream of a short approach, see the network model) gets a loop at its start and
 one at its end, so that the queue standing there is counted too.
 """
@@ -31,6 +33,7 @@ class DeviceLayout:
     entry_from_start_m: float = 3.0
     min_entry_zone_m: float = 30.0  # shorter zones get no entry loop: the advance loop sits at the entry
     cameras: bool = True
+    entry_cameras: bool = True  # a second camera where the approach begins (plate matches: who did not arrive)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
                     loops += [Loop(f"ub_adv_{lane_id}", lane_id, "advance", adv_pos),
                               Loop(f"ub_entry_{lane_id}", lane_id, "entry", entry_pos),
                               Loop(f"ub_mid_{lane_id}", lane_id, "mid", 0.5 * (entry_pos + adv_pos))]
+                    if layout.cameras and layout.entry_cameras:
+                        cameras[f"ub_entry_{lane_id}"] = f"cam_in_{approach.edge}"
                 else:
                     loops.append(Loop(f"ub_adv_{lane_id}", lane_id, "advance", entry_pos))
                 if layout.cameras:

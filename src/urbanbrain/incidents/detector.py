@@ -1,165 +1,178 @@
-"""Incident detection from device events only: vehicles that enter a stretch of road
-and do not come out.
+"""Incident detection from device events only: a vehicle that entered an approach and
+has not arrived at its stop line, though the road ahead of it is free.
 
-Each approach to a signalised intersection is cut by its loops into zones: from the
-advance loops to the stop-line loops, and (on long links) from the entry loops to the
-advance loops. Summed over the approach's lanes, loop counts give the number of
-vehicles inside a zone exactly, whatever lanes they change to inside it. When the
-loops at a zone's downstream end have seen free road for a few seconds, nothing is
-queued inside it: every vehicle in it is moving and should leave within the time it
-takes to cross the zone. So at such moments the vehicles inside, less those that
-entered within that crossing time, are vehicles that have stopped where no queue
-explains it — zero in normal traffic (or a constant offset where counting has
-drifted), one more for a broken-down vehicle, two for a crash. A zone whose excess
-stays raised above its usual level at every such moment for a minute raises an
-alert, with those counts as its evidence; it is resolved when the excess comes back
-down (the vehicles drove off or were towed and the count re-based).
+Every long approach has an ANPR camera where it begins and one at its stop line. A
+vehicle read at the first and not yet at the second is on the way; normally it
+arrives within the time it takes to drive the link, plus the wait in the queue at a
+red. So when a vehicle is overdue (well past the driving time), later vehicles have
+overtaken it and arrived, and no queue stands at the stop line (no stop-line loop
+is held occupied), nothing explains where it is but that it has stopped on the link:
+broken down, or crashed — if more than one vehicle is overdue together on the same
+link, a crash. Plate reads are exact identities, so unlike loop counts they do not
+drift: a count that lost one vehicle would raise a false alarm for ever, a plate
+never read downstream raises it once.
 
-One configuration for every city: the windows are in seconds of traffic, not tuned
-per network.
+The alert is resolved when the overdue vehicles are read at the stop line (they drove
+on), or when the link has carried traffic normally again — every vehicle that
+entered after the incident was found arriving in its driving time — for a while
+(they were towed away; nothing on the road says so).
+
+One configuration for every city: times are multiples of each link's own driving
+time, plus seconds of traffic-signal waiting.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.inventory import Station
-from urbanbrain.devices.protocol import DetectorReport
+from urbanbrain.devices.protocol import CameraPassage, DetectorReport
 from urbanbrain.network.model import Network
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    window_s: float = 60.0  # the excess must stay raised this long
-    baseline_s: float = 600.0  # its usual level: the lowest over this long before the window
-    free_occupancy: float = 0.05  # downstream loops below this occupancy see free road
-    settle_s: float = 5.0  # ... for this long before a moment counts (the last queued vehicle has left)
-    min_moments: int = 15  # free-road moments needed within the window
-    crossing_factor: float = 2.0  # a moving vehicle crosses a zone within this times its free-flow time
-    crossing_extra_s: float = 5.0  # plus this (turning, slowing for the signal)
-    clear_s: float = 30.0  # an alert is resolved once the excess has been back down this long
+    drive_factor: float = 1.5  # a vehicle is expected within this many times the link's free driving time ...
+    signal_wait_s: float = 40.0  # ... plus this much waiting at the signal
+    overtaken_min: int = 0  # vehicles that entered after it and arrived
+    queue_occupancy: float = 0.9  # a stop-line loop this occupied holds a standing queue
+    queue_memory_s: float = 10.0  # ... and the queue counts as still there this long after
+    recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
+    recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
 
 
 @dataclass
 class IncidentAlert:
-    """An incident found: where (the approach edge, the zone between two loop lines), when, and why."""
+    """An incident found: where (the approach edge), when, and why."""
 
     id: str
     edge: str
     intersection: str
-    zone: str  # "advance-stopline" or "entry-advance"
+    zone: str
     from_m: float
     to_m: float
     detected_at: float
-    started_at: float  # the start of the window over which the floor stayed raised
+    started_at: float  # when the overdue vehicle entered the link
     evidence: dict
     resolved_at: float | None = None
 
 
 @dataclass
-class _Zone:
+class _Approach:
     edge: str
     intersection: str
-    name: str
-    inflow: frozenset[str]  # loop ids counting vehicles in
-    outflow: frozenset[str]  # loop ids counting vehicles out (their occupancy tells free road)
+    expected_s: float
     from_m: float
     to_m: float
-    crossing_s: float
-    count: int = 0
-    entries: deque = field(default_factory=deque)  # (time, vehicles in) over the crossing time
-    history: deque = field(default_factory=deque)  # (time, excess) at free-road moments, baseline + window
-    free_since: float | None = None
+    stoplines: frozenset[str]
+    on_way: dict[str, tuple[float, int]] = field(default_factory=dict)  # plate -> (entered, entry number)
+    entries: int = 0
+    arrived_after: dict[str, int] = field(default_factory=dict)  # plate -> later entrants arrived
+    queue_seen: float = float("-inf")
     alert: IncidentAlert | None = None
-    low_since: float | None = None
+    stopped: set[str] = field(default_factory=set)  # plates of the alert's vehicles
+    in_time: int = 0  # vehicles entering after the alert that arrived in time, in a row
 
 
 class IncidentDetector:
-    """Listens to detector reports on the bus; `alerts` lists what it found."""
+    """Listens to camera passages and detector reports on the bus; `alerts` lists what it found."""
 
     def __init__(self, network: Network, stations: list[Station], bus: EventBus | None = None,
                  settings: DetectorSettings | None = None):
         self.settings = settings or DetectorSettings()
         self.alerts: list[IncidentAlert] = []
-        self._zones: list[_Zone] = []
-        self._by_loop: dict[str, list[tuple[_Zone, int]]] = {}
+        self._entry_camera: dict[str, _Approach] = {}
+        self._stop_camera: dict[str, _Approach] = {}
+        self._stopline_loop: dict[str, _Approach] = {}
         owner = {a.edge: i.id for i in network.intersections.values() for a in i.approaches}
         for station in stations:
-            by_edge: dict[str, dict[str, list]] = {}
+            by_edge: dict[str, dict] = {}
             for loop in station.loops:
                 edge = network.lanes[loop.lane].edge
-                if edge in owner:
-                    by_edge.setdefault(edge, {}).setdefault(loop.position, []).append(loop)
-            for edge, loops in by_edge.items():
-                for name, upstream, downstream in (("advance-stopline", "advance", "stopline"),
-                                                   ("entry-advance", "entry", "advance")):
-                    ups, downs = loops.get(upstream, []), loops.get(downstream, [])
-                    if not ups or not downs or {l.lane for l in ups} != {l.lane for l in downs}:
-                        continue
-                    start, end = min(l.pos_m for l in ups), max(l.pos_m for l in downs)
-                    speed = min(network.lanes[l.lane].speed_limit_ms for l in ups)
-                    crossing = self.settings.crossing_factor * (end - start) / max(1.0, speed) + self.settings.crossing_extra_s
-                    zone = _Zone(edge, owner[edge], name, frozenset(l.detector_id for l in ups),
-                                 frozenset(l.detector_id for l in downs), start, end, crossing)
-                    self._zones.append(zone)
-                    for loop in ups:
-                        self._by_loop.setdefault(loop.detector_id, []).append((zone, +1))
-                    for loop in downs:
-                        self._by_loop.setdefault(loop.detector_id, []).append((zone, -1))
-        self._outflow_occupancy: dict[str, float] = {}
+                camera = station.cameras.get(loop.detector_id)
+                if edge in owner and camera is not None:
+                    by_edge.setdefault(edge, {}).setdefault(loop.position, []).append((loop, camera))
+            for edge, seen in by_edge.items():
+                if "entry" not in seen or "stopline" not in seen:
+                    continue
+                start = min(loop.pos_m for loop, _ in seen["entry"])
+                end = max(loop.pos_m for loop, _ in seen["stopline"])
+                speed = min(network.lanes[loop.lane].speed_limit_ms for loop, _ in seen["entry"])
+                approach = _Approach(edge, owner[edge],
+                                     self.settings.drive_factor * (end - start) / max(1.0, speed) + self.settings.signal_wait_s,
+                                     start, end, frozenset(loop.detector_id for loop, _ in seen["stopline"]))
+                for _, camera in seen["entry"]:
+                    self._entry_camera[camera] = approach
+                for loop, camera in seen["stopline"]:
+                    self._stop_camera[camera] = approach
+                    self._stopline_loop[loop.detector_id] = approach
         if bus is not None:
+            bus.subscribe("camera", self.on_camera)
             bus.subscribe("detector", self.on_detector)
 
     def on_detector(self, report: DetectorReport) -> None:
-        touched: dict[int, _Zone] = {}
         for reading in report.readings:
-            for zone, sign in self._by_loop.get(reading.detector_id, ()):
-                zone.count = max(0, zone.count + sign * reading.count)  # a vehicle that began its trip inside left uncounted
-                touched[id(zone)] = zone
-                if sign > 0 and reading.count:
-                    zone.entries.append((report.time, reading.count))
-                if sign < 0:
-                    self._outflow_occupancy[reading.detector_id] = reading.occupancy
-        for zone in touched.values():
-            self._update(zone, report.time)
+            approach = self._stopline_loop.get(reading.detector_id)
+            if approach is not None and reading.occupancy >= self.settings.queue_occupancy:
+                approach.queue_seen = report.time
+        for approach in {id(a): a for a in self._stopline_loop.values()}.values():
+            self._check(approach, report.time)
 
-    def _update(self, zone: _Zone, now: float) -> None:
-        s = self.settings
-        while zone.entries and zone.entries[0][0] <= now - zone.crossing_s:
-            zone.entries.popleft()
-        while zone.history and zone.history[0][0] < now - s.window_s - s.baseline_s:
-            zone.history.popleft()
-        if all(self._outflow_occupancy.get(loop, 0.0) < s.free_occupancy for loop in zone.outflow):
-            zone.free_since = now if zone.free_since is None else zone.free_since
-        else:
-            zone.free_since = None
-        if zone.free_since is None or now - zone.free_since < s.settle_s:
-            return  # something may be queued inside: the count says nothing now
-        excess = max(0, zone.count - sum(n for _, n in zone.entries))
-        zone.history.append((now, excess))
-        recent = [e for t, e in zone.history if t >= now - s.window_s]
-        before = [e for t, e in zone.history if t < now - s.window_s]
-        first_before = next((t for t, _ in zone.history), now)
-        if not before or first_before > now - s.window_s - 0.5 * s.baseline_s:
-            return  # not watched long enough to know its usual level
-        raised = min(recent) - min(before)
-        if zone.alert is None:
-            if raised >= 1 and len(recent) >= s.min_moments:
-                zone.alert = IncidentAlert(
-                    id=f"{zone.edge}@{now:.0f}", edge=zone.edge, intersection=zone.intersection, zone=zone.name,
-                    from_m=zone.from_m, to_m=zone.to_m, detected_at=now, started_at=now - s.window_s,
-                    evidence={"vehicles_stopped": raised, "window_s": s.window_s, "free_road_moments": len(recent),
-                              "usual_excess": min(before), "excess_now": min(recent),
-                              "crossing_s": round(zone.crossing_s, 1)})
-                self.alerts.append(zone.alert)
+    def on_camera(self, passage: CameraPassage) -> None:
+        approach = self._entry_camera.get(passage.device_id)
+        if approach is not None:
+            approach.entries += 1
+            approach.on_way[passage.plate] = (passage.time, approach.entries)
             return
-        if raised < 1:
-            zone.low_since = zone.low_since if zone.low_since is not None else now
-            if now - zone.low_since >= s.clear_s:
-                zone.alert.resolved_at = now
-                zone.alert = None
-                zone.low_since = None
-        else:
-            zone.low_since = None
+        approach = self._stop_camera.get(passage.device_id)
+        if approach is None or passage.plate not in approach.on_way:
+            return
+        entered, number = approach.on_way.pop(passage.plate)
+        approach.arrived_after.pop(passage.plate, None)
+        for plate, (_, earlier) in approach.on_way.items():
+            if earlier < number:
+                approach.arrived_after[plate] = approach.arrived_after.get(plate, 0) + 1
+        self._arrived(approach, passage.plate, passage.time - entered, passage.time)
+
+    def _arrived(self, approach: _Approach, plate: str, took_s: float, now: float) -> None:
+        alert = approach.alert
+        if alert is None:
+            return
+        if plate in approach.stopped:
+            approach.stopped.discard(plate)
+            if not approach.stopped:
+                self._resolve(approach, now)  # they drove on
+            return
+        approach.in_time = approach.in_time + 1 if took_s <= approach.expected_s else 0
+        if approach.in_time >= self.settings.recovered_vehicles and now - alert.detected_at >= self.settings.recovered_s:
+            self._resolve(approach, now)  # traffic flows normally again: they were taken away
+
+    def _resolve(self, approach: _Approach, now: float) -> None:
+        approach.alert.resolved_at = now
+        approach.alert = None
+        approach.stopped = set()
+        approach.in_time = 0
+
+    def _check(self, approach: _Approach, now: float) -> None:
+        s = self.settings
+        if approach.alert is not None or now - approach.queue_seen < s.queue_memory_s:
+            return
+        overdue = [(plate, entered) for plate, (entered, _) in approach.on_way.items()
+                   if now - entered > approach.expected_s and approach.arrived_after.get(plate, 0) >= s.overtaken_min]
+        if not overdue:
+            return
+        plates = {plate for plate, _ in overdue}
+        first = min(entered for _, entered in overdue)
+        approach.alert = IncidentAlert(
+            id=f"{approach.edge}@{now:.0f}", edge=approach.edge, intersection=approach.intersection, zone="link",
+            from_m=approach.from_m, to_m=approach.to_m, detected_at=now, started_at=first,
+            evidence={"vehicles_stopped": len(plates), "overdue_s": round(now - first, 1),
+                      "expected_s": round(approach.expected_s, 1),
+                      "overtaken_by": max(approach.arrived_after.get(p, 0) for p in plates),
+                      "queue_at_stop_line": False})
+        approach.stopped = plates
+        for plate in plates:
+            approach.on_way.pop(plate, None)  # one alert per stopped vehicle, whatever follows
+            approach.arrived_after.pop(plate, None)
+        self.alerts.append(approach.alert)

@@ -31,7 +31,9 @@ from urbanbrain.state.estimator import SensorEstimator
 from urbanbrain.store import Store, StoredEvent
 
 _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field controller's own mode
-SILENT_AFTER_S = 30.0
+# A device with no event for this long (city time) is flagged silent: controllers and
+# detector stations report every interval; a camera reports only the vehicles it sees.
+SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0}
 MAX_AHEAD_S = 60.0  # an event further ahead of the city clock is refused (a wrong clock must not stop the brain)  # a device with no event for this long (city time) is flagged silent
 
 
@@ -354,7 +356,7 @@ class CityRuntime:
             now = self.city_time
             return [{"device_id": d, "kind": kind, "last_time": last, "last_seen_at": received.isoformat()
                      if isinstance(received, datetime) else str(received), "events": count,
-                     "silent": now is not None and now - last > SILENT_AFTER_S}
+                     "silent": now is not None and now - last > SILENT_AFTER_S.get(kind, 30.0)}
                     for d, (kind, last, received, count) in sorted(self.devices.items())]
 
     def tick_message(self) -> dict[str, Any]:

@@ -132,9 +132,12 @@ class SensorEstimator:
         self._approach_of: dict[str, _Approach] = {}
         self._feeders: dict[str, tuple[_Feeder, list[_Approach]]] = {}  # by feeder lane
         positions = {}
+        self._stopline_cameras: set[str] = set()
         for station in stations if stations is not None else place_devices(network, DeviceLayout()):
             for loop in station.loops:
                 positions[(loop.lane, loop.position)] = loop.pos_m
+                if loop.position == "stopline" and loop.detector_id in station.cameras:
+                    self._stopline_cameras.add(station.cameras[loop.detector_id])
         for intersection in network.intersections.values():
             for approach in intersection.approaches:
                 lanes: list[_Lane] = []
@@ -180,6 +183,8 @@ class SensorEstimator:
         self.state.time = max(self.state.time, event.time)
 
     def on_camera(self, event: CameraPassage) -> None:
+        if event.device_id not in self._stopline_cameras:
+            return  # the speed the state keeps is the speed at the stop line
         lane = self._lanes.get(event.lane)
         if lane is not None:
             previous = lane.state.mean_speed_ms
