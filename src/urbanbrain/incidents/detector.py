@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.inventory import Station
-from urbanbrain.devices.protocol import CameraPassage, DetectorReport
+from urbanbrain.devices.protocol import CameraPassage, ControllerState, DetectorReport
 from urbanbrain.network.model import Network
+from urbanbrain.state.estimator import JAM_SPACING_M
+from urbanbrain.state.model import CityState
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class DetectorSettings:
     overtaken_min: int = 0  # vehicles that entered after it and arrived
     queue_occupancy: float = 0.9  # a stop-line loop this occupied holds a standing queue
     queue_memory_s: float = 10.0  # ... and the queue counts as still there this long after
+    start_up_s: float = 10.0  # vehicles waiting at a red are still leaving this long into the green
+    full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam
     recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
     recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
 
@@ -70,6 +74,8 @@ class _Approach:
     entries: int = 0
     arrived_after: dict[str, int] = field(default_factory=dict)  # plate -> later entrants arrived
     queue_seen: float = float("-inf")
+    lanes: dict[str, list] = field(default_factory=dict)  # lane -> [vehicles between advance and stop line, protected green since]
+    exits: tuple[tuple[str, float], ...] = ()  # (exit lane, its standing capacity in vehicles)
     alert: IncidentAlert | None = None
     stopped: set[str] = field(default_factory=set)  # plates of the alert's vehicles
     in_time: int = 0  # vehicles entering after the alert that arrived in time, in a row
@@ -79,12 +85,23 @@ class IncidentDetector:
     """Listens to camera passages and detector reports on the bus; `alerts` lists what it found."""
 
     def __init__(self, network: Network, stations: list[Station], bus: EventBus | None = None,
-                 settings: DetectorSettings | None = None):
+                 settings: DetectorSettings | None = None, state: CityState | None = None):
+        """`state` is the city state estimated from the same events (its exit lanes tell a
+        jam ahead, which holds vehicles back without any of them having stopped)."""
         self.settings = settings or DetectorSettings()
+        self.state = state
         self.alerts: list[IncidentAlert] = []
         self._entry_camera: dict[str, _Approach] = {}
         self._stop_camera: dict[str, _Approach] = {}
         self._stopline_loop: dict[str, _Approach] = {}
+        self._lane_loop: dict[str, tuple[_Approach, str, int]] = {}  # advance / stop-line loop -> (approach, lane, sign)
+        self._groups: dict[str, dict[str, tuple[int, ...]]] = {}  # intersection -> lane -> its signal groups
+        for intersection in network.intersections.values():
+            groups: dict[str, set[int]] = {}
+            for movement in intersection.movements:
+                groups.setdefault(movement.in_lane, set()).add(movement.signal_group)
+            self._groups[intersection.id] = {lane: tuple(g) for lane, g in groups.items()}
+        self._by_intersection: dict[str, list[_Approach]] = {}
         owner = {a.edge: i.id for i in network.intersections.values() for a in i.approaches}
         for station in stations:
             by_edge: dict[str, dict] = {}
@@ -107,15 +124,40 @@ class IncidentDetector:
                 for loop, camera in seen["stopline"]:
                     self._stop_camera[camera] = approach
                     self._stopline_loop[loop.detector_id] = approach
+                    self._lane_loop[loop.detector_id] = (approach, loop.lane, -1)
+                    approach.lanes[loop.lane] = [0, None]
+                for loop in station.loops:
+                    if loop.position == "advance" and loop.lane in approach.lanes:
+                        self._lane_loop[loop.detector_id] = (approach, loop.lane, +1)
+                self._by_intersection.setdefault(approach.intersection, []).append(approach)
+                exits = {m.out_lane for m in network.intersections[approach.intersection].movements
+                         if m.in_lane in approach.lanes}
+                approach.exits = tuple((lane, max(1.0, network.lanes[lane].length_m / JAM_SPACING_M))
+                                       for lane in sorted(exits) if lane in network.lanes)
         if bus is not None:
             bus.subscribe("camera", self.on_camera)
             bus.subscribe("detector", self.on_detector)
+            bus.subscribe("controller", self.on_controller)
+
+    def on_controller(self, report: ControllerState) -> None:
+        """Which lanes show protected green, and since when: vehicles waiting at a red, or
+        yielding at a permissive green (`g`), are no incident."""
+        groups = self._groups.get(report.intersection, {})
+        for approach in self._by_intersection.get(report.intersection, ()):
+            for lane, entry in approach.lanes.items():
+                green = bool(groups.get(lane)) and all(
+                    g < len(report.signal_state) and report.signal_state[g] == "G" for g in groups[lane])
+                entry[1] = (entry[1] if entry[1] is not None else report.time) if green else None
 
     def on_detector(self, report: DetectorReport) -> None:
         for reading in report.readings:
             approach = self._stopline_loop.get(reading.detector_id)
             if approach is not None and reading.occupancy >= self.settings.queue_occupancy:
                 approach.queue_seen = report.time
+            placed = self._lane_loop.get(reading.detector_id)
+            if placed is not None and reading.count:
+                lane_entry = placed[0].lanes[placed[1]]
+                lane_entry[0] = max(0, lane_entry[0] + placed[2] * reading.count)
         for approach in {id(a): a for a in self._stopline_loop.values()}.values():
             self._check(approach, report.time)
 
@@ -148,6 +190,11 @@ class IncidentDetector:
         if approach.in_time >= self.settings.recovered_vehicles and now - alert.detected_at >= self.settings.recovered_s:
             self._resolve(approach, now)  # traffic flows normally again: they were taken away
 
+    def _jam_ahead(self, approach: _Approach) -> bool:
+        if self.state is None:
+            return False
+        return any(self.state.vehicles(lane) >= self.settings.full_exit * capacity for lane, capacity in approach.exits)
+
     def _resolve(self, approach: _Approach, now: float) -> None:
         approach.alert.resolved_at = now
         approach.alert = None
@@ -160,8 +207,14 @@ class IncidentDetector:
             return
         overdue = [(plate, entered) for plate, (entered, _) in approach.on_way.items()
                    if now - entered > approach.expected_s and approach.arrived_after.get(plate, 0) >= s.overtaken_min]
-        if not overdue:
+        # As many overdue vehicles as stand before a red (or a green just begun, or a
+        # permissive one) may be waiting there; and a jam ahead explains them all.
+        waiting = sum(count for count, green_since in approach.lanes.values()
+                      if green_since is None or now - green_since < s.start_up_s)
+        if len(overdue) <= waiting or self._jam_ahead(approach):
             return
+        overdue.sort(key=lambda item: item[1])
+        overdue = overdue[:len(overdue) - waiting]
         plates = {plate for plate, _ in overdue}
         first = min(entered for _, entered in overdue)
         approach.alert = IncidentAlert(

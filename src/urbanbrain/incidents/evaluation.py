@@ -47,7 +47,7 @@ def run_incidents(scenario: Scenario, network: Network, count: int, seed: int, *
         validate(incident, network)
     injector = IncidentInjector(incidents)
     session = CitySession(scenario, network, controller, seed=seed, horizon_s=horizon_s, world=[injector.step])
-    detector = IncidentDetector(network, session.twin.stations, session.bus)
+    detector = IncidentDetector(network, session.twin.stations, session.bus, state=session.estimator.state)
     try:
         session.start()
         while not session.done:

@@ -85,7 +85,7 @@ class CityRuntime:
         self.safety = SafetyLayer(network)
         self.controller = CONTROLLERS[controller](network)
         self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision)
-        self.detector = IncidentDetector(network, self.stations, self.bus)
+        self.detector = IncidentDetector(network, self.stations, self.bus, state=self.estimator.state)
         self.webhooks = tuple(webhooks)
         self._alert_ids: dict[str, int] = {}  # the detector's alert id -> the stored alert's
         self._stopline = {loop.detector_id for s in self.stations for loop in s.loops if loop.position == "stopline"}
