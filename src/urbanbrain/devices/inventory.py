@@ -9,9 +9,10 @@ are in the lane they will leave by: lane changes happen further upstream), and o
 links long enough an entry loop at the link's upstream end, so that counting
 between them covers the whole link, plus a mid-zone loop whose occupancy tells how
 the vehicles between entry and advance loops are spread over the lanes; every approach gets an ANPR camera at the stop
-line, and one where it begins when it is long enough for an entry loop (two plate
-reads of a vehicle give its travel time; one read without the other, a vehicle that
-did not arrive); every signalised intersection gets a controller. Each lane of a feeder road
+line, and one where it begins (over its entry loops, or over its advance loops where
+those sit at its start) when it is at least `min_entry_zone_m` long: two plate reads
+of a vehicle give its travel time, one read without the other a vehicle that did not
+arrive; every signalised intersection gets a controller. Each lane of a feeder road
 (upstream of a short approach, see the network model) gets a loop at its start and
 one at its end, so that the queue standing there is counted too.
 """
@@ -76,6 +77,8 @@ def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
                         cameras[f"ub_entry_{lane_id}"] = f"cam_in_{approach.edge}"
                 else:
                     loops.append(Loop(f"ub_adv_{lane_id}", lane_id, "advance", entry_pos))
+                    if layout.cameras and layout.entry_cameras and stop_pos - entry_pos >= layout.min_entry_zone_m:
+                        cameras[f"ub_adv_{lane_id}"] = f"cam_in_{approach.edge}"
                 if layout.cameras:
                     cameras[stop.detector_id] = f"cam_{approach.edge}"
             for edge in approach.feeders:

@@ -111,6 +111,8 @@ class IncidentDetector:
                 if edge in owner and camera is not None:
                     by_edge.setdefault(edge, {}).setdefault(loop.position, []).append((loop, camera))
             for edge, seen in by_edge.items():
+                if "entry" not in seen and "advance" in seen:
+                    seen["entry"] = seen["advance"]  # a short approach: its camera stands over the advance loops at its start
                 if "entry" not in seen or "stopline" not in seen:
                     continue
                 start = min(loop.pos_m for loop, _ in seen["entry"])

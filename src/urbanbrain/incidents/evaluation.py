@@ -4,11 +4,12 @@ the device events, and score it against the ground truth it never saw."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from urbanbrain.bench.session import CitySession
 from urbanbrain.incidents.detector import IncidentAlert, IncidentDetector
-from urbanbrain.incidents.injection import Incident, IncidentInjector, TruthRecord, random_incidents, validate
+from urbanbrain.incidents.injection import (Incident, IncidentError, IncidentInjector, TruthRecord, random_incidents,
+                                            validate)
 from urbanbrain.network.model import Network
 from urbanbrain.twin.scenario import Scenario
 
@@ -40,12 +41,37 @@ class IncidentScore:
 def run_incidents(scenario: Scenario, network: Network, count: int, seed: int, *, controller: str = "brain",
                   horizon_s: float = 3600.0, incidents: list[Incident] | None = None,
                   ) -> tuple[IncidentScore, list[TruthRecord], list[IncidentAlert]]:
-    """Run the scenario with `incidents` (or `count` random ones) and the detector on its device events."""
-    if incidents is None:
-        incidents = random_incidents(network, count, seed=seed, begin_s=scenario.begin_s, horizon_s=horizon_s)
+    """Run the scenario with `incidents` (or `count` random ones) and the detector on
+    its device events. When `count` incidents do not fit in one horizon of a small
+    network (one at a time per road), the horizon is played as several episodes
+    (other seeds), each with its share, and scored together."""
+    if incidents is not None:
+        return _episode(scenario, network, incidents, seed, controller, horizon_s)
+    for episodes in range(1, count + 1):
+        shares = [count // episodes + (k < count % episodes) for k in range(episodes)]
+        try:
+            plans = [random_incidents(network, share, seed=seed * 1000 + k, begin_s=scenario.begin_s, horizon_s=horizon_s)
+                     for k, share in enumerate(shares)]
+        except IncidentError:
+            continue
+        break
+    else:
+        raise IncidentError(f"could not place {count} incidents on {network.name!r}")
+    truth: list[TruthRecord] = []
+    alerts: list[IncidentAlert] = []
+    for k, plan in enumerate(plans):
+        renamed = [replace(i, id=f"e{k + 1}.{i.id}") for i in plan] if len(plans) > 1 else plan
+        _, episode_truth, episode_alerts = _episode(scenario, network, renamed, seed + k, controller, horizon_s)
+        truth += episode_truth
+        alerts += [replace(a, id=f"e{k + 1}.{a.id}") for a in episode_alerts] if len(plans) > 1 else episode_alerts
+    return score(scenario.name, network, truth, alerts, horizon_s * len(plans)), truth, alerts
+
+
+def _episode(scenario: Scenario, network: Network, incidents: list[Incident], seed: int, controller: str,
+             horizon_s: float) -> tuple[IncidentScore, list[TruthRecord], list[IncidentAlert]]:
     for incident in incidents:
         validate(incident, network)
-    injector = IncidentInjector(incidents)
+    injector = IncidentInjector(incidents, network=network, seed=seed)
     session = CitySession(scenario, network, controller, seed=seed, horizon_s=horizon_s, world=[injector.step])
     detector = IncidentDetector(network, session.twin.stations, session.bus, state=session.estimator.state)
     try:
@@ -75,7 +101,9 @@ def score(name: str, network: Network, truth: list[TruthRecord], alerts: list[In
     for record in happened:
         end = (record.cleared_at if record.cleared_at is not None else float("inf")) + LATE_S
         near = {record.incident.edge} | upstream.get(record.incident.edge, set())
-        matching = sorted((a for a in alerts if a.edge in near and record.blocked_from <= a.detected_at <= end),
+        episode = _episode_of(record.incident.id)
+        matching = sorted((a for a in alerts if a.edge in near and _episode_of(a.id) == episode
+                           and record.blocked_from <= a.detected_at <= end),
                           key=lambda a: a.detected_at)
         if matching:
             used.update(a.id for a in matching)
@@ -93,3 +121,9 @@ def score(name: str, network: Network, truth: list[TruthRecord], alerts: list[In
         p90_time_to_detect_s=delays[min(len(delays) - 1, int(0.9 * len(delays)))] if delays else None,
         right_link_rate=right / len(delays) if delays else None,
     )
+
+
+def _episode_of(identifier: str) -> str:
+    """The episode an incident or alert belongs to (`e2.` prefixes; none for a single one)."""
+    head, dot, _ = identifier.partition(".")
+    return head if dot and head.startswith("e") and head[1:].isdigit() else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -37,6 +37,7 @@ class Incident:
     position_m: float  # from the lane's start
     start_s: float
     duration_s: float
+    movable: bool = False  # a random incident moves to where traffic is if nobody comes to its place (see IncidentInjector)
 
     @property
     def end_s(self) -> float:
@@ -122,7 +123,7 @@ def random_incidents(network: Network, count: int, *, seed: int, begin_s: float,
         if any(start < b and a < start + duration for a, b in busy.get(edge, [])):
             continue
         position = round(rng.uniform(EDGE_MARGIN_M, length - EDGE_MARGIN_M), 1)
-        incident = Incident(f"inc{len(incidents) + 1}", kind, edge, blocked, position, start, duration)
+        incident = Incident(f"inc{len(incidents) + 1}", kind, edge, blocked, position, start, duration, movable=True)
         validate(incident, network)
         busy.setdefault(edge, []).append((start, start + duration))
         incidents.append(incident)
@@ -138,20 +139,33 @@ class IncidentInjector:
     the next vehicle behind it, or on the adjacent lane for a two-lane crash, stops
     too). So the vehicles involved were seen by the loops upstream like any other,
     as in a real city, and a lane without traffic gets its incident when a vehicle
-    comes. After the duration the vehicles are towed away (removed).
+    comes — or, for a random (`movable`) one, where traffic is: if nobody has come
+    within `relocate_after_s`, it happens to a vehicle drawn at random among those on
+    an approach with no incident, as incidents happen where vehicles drive. After the
+    duration the vehicles are towed away (removed).
     """
 
     incidents: list[Incident]
+    network: Network | None = None  # needed to move random incidents to where traffic is
+    seed: int = 0
+    relocate_after_s: float = 30.0
     truth: dict[str, TruthRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.truth = {i.id: TruthRecord(i) for i in self.incidents}
         self._waiting = sorted(self.incidents, key=lambda i: i.start_s)
         self._active: list[TruthRecord] = []
+        self._rng = random.Random(self.seed)
 
     def step(self, sumo: ModuleType, now: float) -> None:
         for incident in [i for i in self._waiting if i.start_s <= now]:
             record = self.truth[incident.id]
+            if (not record.vehicles and incident.movable and self.network is not None
+                    and now - incident.start_s >= self.relocate_after_s):
+                moved = self._relocate(sumo, incident)
+                if moved is not None:
+                    self._waiting[self._waiting.index(incident)] = moved
+                    record.incident = incident = moved
             record.vehicles += tuple(v for v in self._involve(sumo, incident, record.vehicles) if v not in record.vehicles)
             if len(record.vehicles) == 2 or (record.vehicles and now - incident.start_s > 120.0):
                 self._waiting.remove(incident)  # a crash whose second vehicle never came blocks with one
@@ -167,6 +181,33 @@ class IncidentInjector:
                         pass  # it had left already
                 record.cleared_at = now
                 self._active.remove(record)
+
+    def _relocate(self, sumo: ModuleType, incident: Incident) -> Incident | None:
+        """The same incident, placed ahead of a vehicle drawn at random on an approach
+        with no incident of its own (None if no vehicle can stop anywhere now)."""
+        taken = {r.incident.edge for r in self.truth.values() if r.vehicles and r.cleared_at is None}
+        candidates = []
+        for intersection in self.network.intersections.values():
+            for approach in intersection.approaches:
+                if approach.edge in taken:
+                    continue
+                for lane in approach.lanes:
+                    length = self.network.lanes[lane].length_m
+                    for vehicle in sumo.lane.getLastStepVehicleIDs(lane):
+                        speed = sumo.vehicle.getSpeed(vehicle)
+                        earliest = (sumo.vehicle.getLanePosition(vehicle) + speed * speed / 9.0 + speed + 5.0)
+                        if max(earliest, EDGE_MARGIN_M) <= length - EDGE_MARGIN_M:
+                            candidates.append((lane, max(earliest, EDGE_MARGIN_M), length - EDGE_MARGIN_M))
+        if not candidates:
+            return None
+        lane, low, high = self._rng.choice(sorted(candidates))
+        edge, index = self.network.lanes[lane].edge, self.network.lanes[lane].index
+        lanes = (index,)
+        count = len(self.network.edge_lanes(edge))
+        if len(incident.lanes) == 2 and count >= 2:
+            lanes = (index, index + 1) if index + 1 < count else (index - 1, index)
+            lanes = tuple(sorted(lanes)) if index in lanes else (index,)
+        return replace(incident, edge=edge, lanes=lanes, position_m=round(self._rng.uniform(low, high), 1))
 
     @staticmethod
     def _involve(sumo: ModuleType, incident: Incident, already: tuple[str, ...]) -> list[str]:

@@ -126,7 +126,7 @@ class CityHost:
             if self.options.incidents:
                 injector = IncidentInjector(random_incidents(
                     network, self.options.incidents, seed=self.options.seed, begin_s=scenario.begin_s,
-                    horizon_s=self.options.duration_s or 3600.0))
+                    horizon_s=self.options.duration_s or 3600.0), network=network, seed=self.options.seed)
             self.field = TwinField(scenario, network, send, seed=self.options.seed, speed=self.options.speed,
                                    horizon_s=self.options.duration_s, failsafe_s=self.options.failsafe_s,
                                    world=[injector.step] if injector else None)
