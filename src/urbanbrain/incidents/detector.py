@@ -102,6 +102,14 @@ class IncidentDetector:
                 groups.setdefault(movement.in_lane, set()).add(movement.signal_group)
             self._groups[intersection.id] = {lane: tuple(g) for lane, g in groups.items()}
         self._by_intersection: dict[str, list[_Approach]] = {}
+        # The loop at each lane's upstream end (entry, feeder-in, or an advance loop at the
+        # start of a short approach): held occupied, its lane is full back to its start.
+        self._start_loop: dict[str, str] = {}
+        for station in stations:
+            for loop in sorted(station.loops, key=lambda l: l.pos_m, reverse=True):
+                if loop.position in ("entry", "feeder_in", "advance"):
+                    self._start_loop[loop.detector_id] = loop.lane
+        self._full_since: dict[str, float] = {}  # lane -> last time its start loop was held occupied
         owner = {a.edge: i.id for i in network.intersections.values() for a in i.approaches}
         for station in stations:
             by_edge: dict[str, dict] = {}
@@ -156,6 +164,9 @@ class IncidentDetector:
             approach = self._stopline_loop.get(reading.detector_id)
             if approach is not None and reading.occupancy >= self.settings.queue_occupancy:
                 approach.queue_seen = report.time
+            lane = self._start_loop.get(reading.detector_id)
+            if lane is not None and reading.occupancy >= self.settings.queue_occupancy:
+                self._full_since[lane] = report.time
             placed = self._lane_loop.get(reading.detector_id)
             if placed is not None and reading.count:
                 lane_entry = placed[0].lanes[placed[1]]
@@ -192,7 +203,11 @@ class IncidentDetector:
         if approach.in_time >= self.settings.recovered_vehicles and now - alert.detected_at >= self.settings.recovered_s:
             self._resolve(approach, now)  # traffic flows normally again: they were taken away
 
-    def _jam_ahead(self, approach: _Approach) -> bool:
+    def _jam_ahead(self, approach: _Approach, now: float) -> bool:
+        """An exit lane full back to its start (its first loop held occupied), or
+        estimated nearly full: the approach is held back by a jam, not by a stopped vehicle."""
+        if any(now - self._full_since.get(lane, float("-inf")) < self.settings.queue_memory_s for lane, _ in approach.exits):
+            return True
         if self.state is None:
             return False
         return any(self.state.vehicles(lane) >= self.settings.full_exit * capacity for lane, capacity in approach.exits)
@@ -213,7 +228,7 @@ class IncidentDetector:
         # permissive one) may be waiting there; and a jam ahead explains them all.
         waiting = sum(count for count, green_since in approach.lanes.values()
                       if green_since is None or now - green_since < s.start_up_s)
-        if len(overdue) <= waiting or self._jam_ahead(approach):
+        if len(overdue) <= waiting or self._jam_ahead(approach, now):
             return
         overdue.sort(key=lambda item: item[1])
         overdue = overdue[:len(overdue) - waiting]
