@@ -48,6 +48,7 @@ const state = {
   kpisLoaded: false,
   alertsLoaded: false,
   selected: null,         // selected intersection id
+  selectedAlert: null,    // highlighted alert id (string)
   detail: null,           // last GET /api/intersections/{id} of the selection
   detailAt: null,         // city time at which detail.time_in_phase_s was valid
   cityTime: null,
@@ -414,7 +415,7 @@ function scheduleRender() {
     if (dirty.lanes) { dirty.lanes = false; paintLanes(); }
     if (dirty.charts) { dirty.charts = false; renderCharts(); }
     if (dirty.panel) { dirty.panel = false; renderPanelData(); }
-    if (dirty.alerts) { dirty.alerts = false; renderAlerts(); }
+    if (dirty.alerts) { dirty.alerts = false; renderAlerts(); renderAlertPins(); }
     if (dirty.devices) { dirty.devices = false; renderDevices(); }
   });
 }
@@ -550,11 +551,27 @@ const map = {
   view: null,        // the current viewBox {x, y, w, h}
   lanes: new Map(),  // lane id -> polyline (approach lanes only)
   markers: new Map(),// intersection id -> {g, x, y, ring, core, text, label, outline, lastState}
+  edges: new Map(),  // edge id -> {x, y, nx, ny}: middle of its lane 0 (svg coords) and its right-hand normal
+  pins: new Map(),   // alert id (string) -> {g, x, y}
+  pinLayer: null,
   painted: new Map(),// lane id -> queue fraction last painted
 };
 
 /** Network coordinates have y up, SVG y down: every point goes through this. */
 const toSvg = (x, y) => [x, -y];
+
+/** The point half-way along a lane shape (network coords) in svg coords, with the unit
+ *  normal to the right of the direction of travel there (svg y is down, so (-dy, dx)). */
+function shapeMiddle(shape) {
+  const pts = shape.map(([x, y]) => toSvg(x, y));
+  const seg = pts.slice(1).map((p, i) => Math.hypot(p[0] - pts[i][0], p[1] - pts[i][1]));
+  let rest = seg.reduce((a, b) => a + b, 0) / 2, i = 0;
+  while (i < seg.length - 1 && rest > seg[i]) rest -= seg[i++];
+  const [a, b] = [pts[i], pts[i + 1] || pts[i]];
+  const len = seg[i] || 1, f = Math.min(rest / len, 1);
+  const dx = (b[0] - a[0]) / len, dy = (b[1] - a[1]) / len;
+  return { x: a[0] + (b[0] - a[0]) * f, y: a[1] + (b[1] - a[1]) * f, nx: -dy, ny: dx };
+}
 
 function buildMap(net) {
   const svg = $('map');
@@ -563,10 +580,15 @@ function buildMap(net) {
   map.lanes.clear();
   map.markers.clear();
   map.painted.clear();
+  map.edges.clear();
 
   const other = s('g', { class: 'lanes-other' });
   const approach = s('g', { class: 'lanes-approach' });
   for (const lane of net.lanes) {
+    // SUMO lane ids are `<edge>_<index>`: remember each edge's middle, from lane 0 if
+    // there is one (alerts name an edge, not a lane).
+    const [, edge, index] = /^(.*)_(\d+)$/.exec(lane.id) || [];
+    if (edge && (index === '0' || !map.edges.has(edge))) map.edges.set(edge, shapeMiddle(lane.shape));
     const pts = lane.shape.map(([x, y]) => toSvg(x, y).join(',')).join(' ');
     const line = s('polyline', { points: pts, class: lane.intersection ? 'lane lane-in' : 'lane lane-out' });
     if (lane.intersection) {
@@ -584,7 +606,8 @@ function buildMap(net) {
     map.markers.set(it.id, m);
     markers.append(m.g);
   }
-  svg.append(other, approach, markers);
+  map.pinLayer = s('g', { class: 'alert-pins' });   // on top of the intersections
+  svg.append(other, approach, markers, map.pinLayer);
 
   // Fit to the bounds with a margin, keeping the aspect ratio (preserveAspectRatio
   // "meet" centres it), so the city is never stretched.
@@ -597,6 +620,7 @@ function buildMap(net) {
 
   for (const id of map.markers.keys()) updateMarker(id);
   paintLanes();
+  renderAlertPins();
   if (state.selected) selectIntersection(state.selected, { quiet: true });
 }
 
@@ -726,7 +750,7 @@ function rescaleMarkers() {
   const ctm = map.svg && map.svg.getScreenCTM();
   if (!ctm || !ctm.a) return;
   const k = (1 / ctm.a).toFixed(5);
-  for (const m of map.markers.values()) m.g.setAttribute('transform', `translate(${m.x} ${m.y}) scale(${k})`);
+  for (const m of [...map.markers.values(), ...map.pins.values()]) m.g.setAttribute('transform', `translate(${m.x} ${m.y}) scale(${k})`);
 }
 
 function zoomAt(factor, cx, cy) {
@@ -777,17 +801,17 @@ function setupMapInteraction() {
   svg.addEventListener('pointerup', endDrag);
   svg.addEventListener('pointercancel', endDrag);
 
-  svg.addEventListener('click', (e) => {
-    if (justDragged) return;
-    const g = e.target.closest('.marker');
-    if (g) selectIntersection(g.dataset.id);
-  });
+  // Alert pins and intersection markers, by mouse or keyboard.
+  const activate = (target) => {
+    const pin = target.closest && target.closest('.alert-pin');
+    const g = !pin && target.closest && target.closest('.marker');
+    if (pin) selectAlert(pin.dataset.id);
+    else if (g) selectIntersection(g.dataset.id);
+    return Boolean(pin || g);
+  };
+  svg.addEventListener('click', (e) => { if (!justDragged) activate(e.target); });
   svg.addEventListener('keydown', (e) => {
-    const g = e.target.closest && e.target.closest('.marker');
-    if (g && (e.key === 'Enter' || e.key === ' ')) {
-      e.preventDefault();
-      selectIntersection(g.dataset.id);
-    }
+    if ((e.key === 'Enter' || e.key === ' ') && activate(e.target)) e.preventDefault();
   });
 
   $('zoom-in').addEventListener('click', () => map.view && zoomAt(0.7, ...centre()));
@@ -826,6 +850,15 @@ function buildLegend() {
   }
   box.append(h('span', { class: 'legend-note', title: 'The ring has one arc per signal group' },
     'arcs: thick green · mid yellow · dashed blinking · thin red'));
+
+  // Alert pins, drawn by the map's own code too.
+  const pins = [[{ type: 'carAccident', severity: 'high', status: 'new' }, 'accident'],
+    [{ type: 'carStopped', severity: 'medium', status: 'new' }, 'stopped car'],
+    [{ type: 'carStopped', severity: 'medium', status: 'acknowledged' }, 'acknowledged']];
+  $('legend').insertBefore(h('div', { class: 'legend-block' }, h('span', { class: 'legend-title' }, 'Alerts'),
+    pins.map(([a, words]) => h('span', { class: 'legend-item' },
+      s('svg', { width: 22, height: 22, viewBox: '-15 -15 30 30', 'aria-hidden': 'true', class: 'legend-svg' }, makeAlertPin(a)), words))),
+  box);   // next to the queue ramp, where the first row has room
 }
 
 // ---------------------------------------------------------------- KPI charts
@@ -937,6 +970,12 @@ function renderCharts() {
 const panel = {};   // elements of the built panel
 
 function selectIntersection(id, { quiet = false, reveal = false } = {}) {
+  const alert = alertById(state.selectedAlert);
+  if (alert && alert.intersection !== id) {
+    state.selectedAlert = null;
+    dirty.alerts = true;
+    scheduleRender();
+  }
   if (state.selected !== id) {
     state.detail = null;
     state.selected = id;
@@ -1127,49 +1166,144 @@ async function setController(controller) {
 // ---------------------------------------------------------------- alerts
 
 const SEVERITY_RANK = { critical: 0, high: 1, medium: 2, low: 3, info: 4 };
+const STATUS_RANK = { new: 0, acknowledged: 1, resolved: 2 };
+const ALERT_GLYPH = { carAccident: '!', carStopped: 'S', trafficJam: 'J' };
+const RESOLVED_KEEP = 50;   // resolved alerts listed (newest first)
+
+const alertById = (id) => (id === null || id === undefined ? null
+  : [...state.alerts.values()].find((a) => String(a.id) === String(id)) || null);
+const alertWhere = (a) => [a.edge ? `edge ${a.edge}` : null, a.intersection ? `→ ${a.intersection}` : null].filter(Boolean).join(' ');
+
+/** The measurements that raised an alert, in a few words (`full`: all we know of). */
+function evidenceText(ev, full = false) {
+  if (!ev || typeof ev !== 'object') return '';
+  const known = [
+    ['vehicles_stopped', (v) => `vehicles stopped: ${v}`],
+    ['overdue_s', (v) => `overdue ${Math.round(v)} s`],
+    ['expected_s', (v) => `expected ${Math.round(v)} s`],
+    ['overtaken_by', (v) => `overtaken by ${v}`],
+  ];
+  const parts = known.slice(0, full ? known.length : 2).filter(([k]) => Number.isFinite(ev[k])).map(([k, f]) => f(ev[k]));
+  if (parts.length) return parts.join(', ');
+  // Other alert types: their plain numbers and words, as sent.
+  return Object.entries(ev).filter(([, v]) => ['number', 'string'].includes(typeof v))
+    .slice(0, 4).map(([k, v]) => `${k.replace(/_/g, ' ')}: ${v}`).join(', ');
+}
+
+/** Open alerts first (new, then acknowledged), newest first; then the newest resolved. */
+function sortedAlerts() {
+  const all = [...state.alerts.values()].sort((a, b) =>
+    (STATUS_RANK[a.status] ?? 1) - (STATUS_RANK[b.status] ?? 1)
+    || (b.detected_at ?? 0) - (a.detected_at ?? 0) || (b.id ?? 0) - (a.id ?? 0));
+  const open = all.filter((a) => a.status !== 'resolved');
+  return { open, shown: open.concat(all.filter((a) => a.status === 'resolved').slice(0, RESOLVED_KEEP)) };
+}
+
+/** Highlight an alert (from its map pin or its row) and select its intersection. */
+function selectAlert(id) {
+  const a = alertById(id);
+  if (!a) return;
+  if (a.intersection) selectIntersection(a.intersection);
+  state.selectedAlert = String(a.id);
+  renderAlerts();
+  renderAlertPins();
+  $('alert-list').querySelector(`[data-testid="alert-${CSS.escape(String(a.id))}"]`)?.scrollIntoView({ block: 'nearest' });
+}
 
 function renderAlerts() {
   const list = $('alert-list');
-  const alerts = [...state.alerts.values()].sort((a, b) =>
-    (a.status === 'new' ? 0 : 1) - (b.status === 'new' ? 0 : 1) || (b.time ?? 0) - (a.time ?? 0));
-  const fresh = alerts.filter((a) => a.status === 'new').length;
-  $('alerts-count').textContent = alerts.length ? `${fresh} new / ${alerts.length}` : '';
-  if (!alerts.length) {
+  const { open, shown } = sortedAlerts();
+  const fresh = open.filter((a) => a.status === 'new').length;
+  $('alerts-count').textContent = state.alerts.size ? `${fresh} new / ${open.length} open` : '';
+  if (!shown.length) {
     list.replaceChildren(h('li', { class: 'empty', 'data-testid': 'alerts-empty' }, 'No alerts'));
     return;
   }
-  list.replaceChildren(...alerts.map((a) => {
+  list.replaceChildren(...shown.map((a) => {
     const sev = String(a.severity ?? 'unknown').toLowerCase();
-    const where = [a.intersection, a.lane ? `lane ${a.lane}` : null].filter(Boolean).join(' · ');
+    const evidence = evidenceText(a.evidence);
     const body = [
       h('span', { class: 'alert-line' },
         h('span', { class: `sev sev-${SEVERITY_RANK[sev] ?? 'x'}` }, sev),
         h('strong', {}, a.type ?? 'alert'),
-        h('span', { class: 'alert-where' }, where),
-        h('time', {}, fmtClock(a.time))),
-      a.summary ? h('span', { class: 'alert-summary' }, a.summary) : null,
+        h('time', { title: 'detected at (city time)' }, fmtClock(a.detected_at))),
+      h('span', { class: 'alert-where' }, alertWhere(a) || '—'),
+      evidence ? h('span', { class: 'alert-summary', title: evidenceText(a.evidence, true) }, evidence) : null,
     ];
     // The whole text is a button when it has a place to show, so it is keyboard-usable.
     const main = a.intersection
-      ? h('button', { type: 'button', class: 'alert-main', title: `Show ${a.intersection} on the map`, onclick: () => selectIntersection(a.intersection, { reveal: true }) }, body)
+      ? h('button', { type: 'button', class: 'alert-main', title: `Show ${a.intersection} on the map`, onclick: () => { selectAlert(a.id); revealOnMap(a.intersection); } }, body)
       : h('div', { class: 'alert-main' }, body);
-    const side = h('div', { class: 'alert-side' }, h('span', { class: `status status-${a.status}` }, a.status ?? ''),
+    const statusTip = a.status === 'acknowledged' ? `by ${a.acknowledged_by ?? '?'}`
+      : a.status === 'resolved' ? `at ${fmtClock(a.resolved_at)}` : null;
+    const side = h('div', { class: 'alert-side' },
+      h('span', { class: `status status-${a.status}`, title: statusTip }, a.status ?? ''),
+      a.status === 'resolved' && Number.isFinite(a.resolved_at) ? h('time', { class: 'status' }, fmtClock(a.resolved_at)) : null,
       a.status === 'new' ? h('button', { type: 'button', class: 'btn btn-small', 'data-testid': `ack-${a.id}`,
         'aria-label': `Acknowledge ${a.type ?? 'alert'} ${a.id}`, onclick: (e) => acknowledge(a.id, e.currentTarget) }, 'Acknowledge') : null);
-    return h('li', { class: `alert alert-${a.status}`, 'data-testid': `alert-${a.id}` }, main, side);
+    const selected = String(a.id) === state.selectedAlert;
+    return h('li', { class: `alert alert-${a.status}${selected ? ' selected' : ''}`, 'data-testid': `alert-${a.id}`,
+      'aria-current': selected ? 'true' : null }, main, side);
   }));
+}
+
+/** One map pin: a warning triangle for high severity, a diamond otherwise, with the
+ *  type's letter inside, so neither shape nor letter relies on colour. Drawn in screen
+ *  pixels, offset (dx, dy) from its road point, which a short leader line marks. */
+function makeAlertPin(a, dx = 0, dy = 0) {
+  const high = String(a.severity).toLowerCase() === 'high';
+  const d = high ? 'M0 -12 L12 9 L-12 9 Z' : 'M0 -11 L11 0 L0 11 L-11 0 Z';
+  return s('g', { class: `alert-pin pin-${high ? 'high' : 'medium'} pin-${a.status}` },
+    dx || dy ? s('line', { class: 'pin-leader', x2: dx, y2: dy }) : null,
+    dx || dy ? s('circle', { class: 'pin-foot', r: 2.5 }) : null,
+    s('g', { transform: `translate(${dx} ${dy})` },
+      s('path', { class: 'pin-halo', d, transform: 'scale(1.55)' }),
+      s('path', { class: 'pin-shape', d }),
+      s('text', { class: 'pin-text', y: high ? 3 : 0, 'text-anchor': 'middle', 'dominant-baseline': 'central' },
+        document.createTextNode(ALERT_GLYPH[a.type] ?? '?'))));
+}
+
+/** Pins for the alerts that are not resolved, on the middle of their edge. */
+function renderAlertPins() {
+  if (!map.pinLayer) return;
+  map.pins.clear();
+  const perEdge = new Map();   // alerts already placed on an edge: stack the next one further out
+  const pins = sortedAlerts().open.map((a) => {
+    const road = map.edges.get(a.edge);
+    const inter = map.markers.get(a.intersection);
+    if (!road && !inter) return null;
+    const n = perEdge.get(a.edge) ?? 0;
+    perEdge.set(a.edge, n + 1);
+    // Beside the road, on its right (the opposite direction's pins go to the other side);
+    // with an unknown edge, above its intersection's marker.
+    const off = 18 + 24 * n;
+    const [dx, dy] = road ? [road.nx * off, road.ny * off] : [0, -(MARKER_R + 16 + 24 * n)];
+    const g = makeAlertPin(a, dx, dy);
+    const words = `${a.type ?? 'alert'}, severity ${a.severity ?? '?'}, ${a.status}; ${alertWhere(a)}; detected at ${fmtClock(a.detected_at)}`;
+    const evidence = evidenceText(a.evidence, true);
+    g.prepend(s('title', {}, document.createTextNode(evidence ? `${words}\n${evidence}` : words)));
+    setAttrs(g, { 'data-testid': `alert-marker-${a.id}`, 'data-status': a.status, 'data-id': a.id,
+      tabindex: 0, role: 'button', 'aria-label': `${words}. ${evidence}` });
+    g.classList.toggle('selected', String(a.id) === state.selectedAlert);
+    const pin = { g, x: road ? road.x : inter.x, y: road ? road.y : inter.y };
+    map.pins.set(String(a.id), pin);
+    return g;
+  }).filter(Boolean);
+  map.pinLayer.replaceChildren(...pins.reverse());   // the newest drawn last, on top
+  rescaleMarkers();
 }
 
 async function acknowledge(id, button) {
   button.disabled = true;
   try {
     const a = await api(`/api/alerts/${encodeURIComponent(id)}/acknowledge`, { method: 'POST' });
-    state.alerts.set(a.id ?? id, a);
+    addAlert(a);
     showMessage('alerts-message', '');
-    renderAlerts();
+    scheduleRender();
   } catch (err) {
     button.disabled = false;
     if (err.status === 403) showMessage('alerts-message', "Not allowed: your key's role may not do this.");
+    else if (err.status === 409) { showMessage('alerts-message', 'That alert was no longer new.', 'info'); refreshAlerts(); }
     else if (err.status !== 401) showMessage('alerts-message', `Could not acknowledge: ${err.message}.`);
   }
 }
