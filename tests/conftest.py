@@ -121,3 +121,14 @@ def store_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+pysqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("postgres_server")()
+
+
+@pytest.fixture
+def city(store_url: str, grid_net: Path):
+    """A brain service over the grid (tests/service_city.py), on SQLite and on PostgreSQL."""
+    from service_city import City
+
+    city = City(store_url, grid_net)
+    yield city
+    city.client.close()
+    city.store.close()

@@ -8,9 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-import pytest
 
-from test_service import City
+from service_city import City
 from urbanbrain.incidents.detector import IncidentAlert
 from urbanbrain.service.webhooks import WebhookDispatcher, signature
 from urbanbrain.store import Store
@@ -18,17 +17,9 @@ from urbanbrain.store import Store
 
 def found(edge: str, intersection: str, at: float, held: int = 1) -> IncidentAlert:
     """What the detector hands over when it finds an incident."""
-    return IncidentAlert(id=f"{edge}@{at:.0f}", edge=edge, intersection=intersection, zone="advance-stopline",
+    return IncidentAlert(id=f"{edge}@{at:.0f}", edge=edge, intersection=intersection, zone="link",
                          from_m=100.0, to_m=200.0, detected_at=at, started_at=at - 60.0,
-                         evidence={"vehicles_stopped": held, "window_s": 60.0})
-
-
-@pytest.fixture
-def city(store_url: str, grid_net: Path):
-    city = City(store_url, grid_net)
-    yield city
-    city.client.close()
-    city.store.close()
+                         evidence={"vehicles_stopped": held, "overdue_s": 75.0})
 
 
 def tick(city: City, seq: int, at: float) -> None:
