@@ -86,32 +86,43 @@ def _episode(scenario: Scenario, network: Network, incidents: list[Incident], se
 
 def score(name: str, network: Network, truth: list[TruthRecord], alerts: list[IncidentAlert],
           horizon_s: float) -> IncidentScore:
-    """An incident is detected by the first alert raised while it stood (or just after)
-    on its own link or on a link leading into it; the alert is on the right link if it
-    is its own. Every other alert is a false alarm."""
+    """An incident is detected by an alert raised while it stood (or just after) on its
+    own link or on a link leading into it, one alert per incident; the alert is on the
+    right link if it is its own. Every other alert is a false alarm."""
     upstream: dict[str, set[str]] = {}
     for intersection in network.intersections.values():
         outs = {network.lanes[m.out_lane].edge for m in intersection.movements}
         for approach in intersection.approaches:
             for out in outs:
                 upstream.setdefault(out, set()).add(approach.edge)
-    happened = [r for r in truth if r.blocked_from is not None]
-    used: set[str] = set()
-    delays, right = [], 0
-    for record in happened:
+    happened = sorted((r for r in truth if r.blocked_from is not None), key=lambda r: r.blocked_from)
+
+    def during(record: TruthRecord, edges: set[str]) -> list[IncidentAlert]:
         end = (record.cleared_at if record.cleared_at is not None else float("inf")) + LATE_S
-        near = {record.incident.edge} | upstream.get(record.incident.edge, set())
         episode = _episode_of(record.incident.id)
-        matching = sorted((a for a in alerts if a.edge in near and _episode_of(a.id) == episode
-                           and record.blocked_from <= a.detected_at <= end),
-                          key=lambda a: a.detected_at)
-        if matching:
-            used.update(a.id for a in matching)
-            delays.append(matching[0].detected_at - record.blocked_from)
-            right += matching[0].edge == record.incident.edge
-    false_alarms = sum(1 for a in alerts if a.id not in used)
+        return sorted((a for a in alerts if a.edge in edges and _episode_of(a.id) == episode
+                       and record.blocked_from <= a.detected_at <= end), key=lambda a: a.detected_at)
+
+    # One alert detects one incident: first those on an incident's own link (any later
+    # alert there during it is a repeat, not a false alarm), then, for the incidents
+    # still undetected, the earliest alert not yet credited on a link leading into it.
+    credited: dict[str, IncidentAlert] = {}
+    explained: set[str] = set()
+    for record in happened:
+        own = [a for a in during(record, {record.incident.edge}) if a.id not in explained]
+        if own:
+            credited[record.incident.id] = own[0]
+            explained.update(a.id for a in own)
+    for record in happened:
+        if record.incident.id not in credited:
+            near = [a for a in during(record, upstream.get(record.incident.edge, set())) if a.id not in explained]
+            if near:
+                credited[record.incident.id] = near[0]
+                explained.add(near[0].id)
+    delays = sorted(credited[r.incident.id].detected_at - r.blocked_from for r in happened if r.incident.id in credited)
+    right = sum(1 for r in happened if r.incident.id in credited and credited[r.incident.id].edge == r.incident.edge)
+    false_alarms = sum(1 for a in alerts if a.id not in explained)
     hours = horizon_s / 3600.0
-    delays.sort()
     return IncidentScore(
         scenario=name, incidents=len(truth), happened=len(happened), detected=len(delays),
         detection_rate=len(delays) / len(happened) if happened else 0.0,
