@@ -88,3 +88,29 @@ def test_the_command_line_simulates_chosen_incidents_and_names_bad_ones(grid_cit
     truth = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
     assert truth[0]["edge"] == edge and truth[0]["blocked_from"] is not None
     assert (tmp_path / "alerts.jsonl").exists()
+
+
+def test_the_score_credits_one_incident_per_alert_and_counts_the_rest_as_false_alarms(grid_net: Path):
+    from urbanbrain.incidents.detector import IncidentAlert
+    from urbanbrain.incidents.evaluation import score
+    from urbanbrain.incidents.injection import TruthRecord
+
+    network = read_network(grid_net)
+    intersection = sorted(network.intersections)[0]
+    edges = [a.edge for a in network.intersections[intersection].approaches]
+
+    def record(name: str, edge: str, start: float) -> TruthRecord:
+        return TruthRecord(Incident(name, "stalled_vehicle", edge, (0,), 60.0, start, 600.0), blocked_from=start,
+                           cleared_at=start + 600.0)
+
+    def alert(edge: str, at: float) -> IncidentAlert:
+        return IncidentAlert(f"{edge}@{at:.0f}", edge, intersection, "link", 0.0, 100.0, at, at - 60.0, {})
+
+    truth = [record("a", edges[0], 100.0), record("b", edges[1], 100.0), record("c", edges[1], 2000.0)]
+    alerts = [alert(edges[0], 150.0), alert(edges[0], 400.0),  # a, and a repeat while it stands
+              alert(edges[1], 170.0),  # b
+              alert(edges[0], 1500.0)]  # nothing stands on that link then: a false alarm
+    result = score("grid", network, truth, alerts, 3600.0)
+    assert (result.happened, result.detected, result.false_alarms) == (3, 2, 1)
+    assert result.median_time_to_detect_s == 60.0 and result.right_link_rate == 1.0
+    assert result.false_alarms_per_intersection_hour == 1 / len(network.intersections)
