@@ -139,18 +139,14 @@ def test_operators_steer_an_intersection_and_are_audited(city: City):
 def test_the_operator_switch_reaches_the_field_and_back(grid_net: Path, grid_city: Path, tmp_path: Path):
     """Through the in-process twin: fixed plan, flashing, and back to the brain, with
     no conflicting greens at any second."""
-    from urbanbrain.service.field import TwinField
+    from urbanbrain.service.field import TwinField, in_process_transport
     from urbanbrain.service.host import TWIN_PRINCIPAL
     from urbanbrain.twin.scenario import load_scenario
 
     city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net)
-    runtime = city.service.runtime
     scenario = load_scenario(grid_city)
-    def send(events, after):
-        result = runtime.ingest(events, TWIN_PRINCIPAL, after)
-        return result.commands, result.last_command_id
-
-    field = TwinField(scenario, city.network, send, speed=0, horizon_s=200)
+    field = TwinField(scenario, city.network, in_process_transport(city.service.runtime, TWIN_PRINCIPAL),
+                      speed=0, horizon_s=200)
     target = sorted(city.network.intersections)[0]
     seen: dict[float, str] = {}
     conflicts = []
@@ -294,7 +290,7 @@ def test_a_sequence_number_beyond_64_bits_is_named(city: City):
 def test_a_field_that_starts_again_gets_no_old_commands(grid_net: Path, grid_city: Path, tmp_path: Path):
     """A second run of the twin against the same store (and a restarted brain) is
     sent only the commands issued in answer to its own events, never the history."""
-    from urbanbrain.service.field import TwinField
+    from urbanbrain.service.field import TwinField, in_process_transport
     from urbanbrain.service.host import TWIN_PRINCIPAL
     from urbanbrain.twin.scenario import load_scenario
 
@@ -302,12 +298,13 @@ def test_a_field_that_starts_again_gets_no_old_commands(grid_net: Path, grid_cit
     city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net)
 
     def run_field() -> tuple[int, list[int]]:
-        runtime, before, ids = city.service.runtime, city.store.last_command_id(), []
+        before, ids = city.store.last_command_id(), []
+        transport = in_process_transport(city.service.runtime, TWIN_PRINCIPAL)
 
         def send(events, after):
-            result = runtime.ingest(events, TWIN_PRINCIPAL, after)
-            ids.extend(command_id for command_id, _ in result.commands)
-            return result.commands, result.last_command_id
+            commands, cursor = transport(events, after)
+            ids.extend(command_id for command_id, _ in commands)
+            return commands, cursor
 
         TwinField(scenario, city.network, send, speed=0, horizon_s=120).run()
         return before, ids

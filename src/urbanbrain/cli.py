@@ -100,10 +100,7 @@ def bench_incidents(
     truth: Annotated[Path | None, typer.Option(help="write the ground truth and the alerts as JSON lines here (a folder)")] = None,
 ) -> None:
     """Inject incidents into a scenario, detect them from device events only, and score the detector."""
-    import json
-    from dataclasses import asdict
-
-    from urbanbrain.incidents.evaluation import run_incidents
+    from urbanbrain.incidents.evaluation import run_incidents, write_run
     from urbanbrain.incidents.injection import IncidentError
 
     _controllers(controller)
@@ -119,9 +116,7 @@ def bench_incidents(
     if json_path:
         report.write_json(result, json_path)
     if truth:
-        truth.mkdir(parents=True, exist_ok=True)
-        (truth / "truth.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records), encoding="utf-8")
-        (truth / "alerts.jsonl").write_text("".join(json.dumps(asdict(a)) + "\n" for a in alerts), encoding="utf-8")
+        write_run(truth, records, alerts)
 
 
 @app.command()
@@ -233,10 +228,7 @@ def incidents_simulate(
     out: Annotated[Path, typer.Option(help="folder for truth.jsonl (ground truth) and alerts.jsonl (what the detector found)")] = Path("incidents"),
 ) -> None:
     """Run a scenario with incidents; the ground truth goes to its own file, never to the devices or the detector."""
-    import json
-    from dataclasses import asdict
-
-    from urbanbrain.incidents.evaluation import run_incidents
+    from urbanbrain.incidents.evaluation import run_incidents, write_run
     from urbanbrain.incidents.injection import IncidentError, random_incidents
 
     _controllers(controller)
@@ -253,9 +245,7 @@ def incidents_simulate(
                                                    horizon_s=float(horizon), incidents=chosen)
     except IncidentError as exc:
         raise typer.BadParameter(str(exc), param_hint="--at") from None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "truth.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records), encoding="utf-8")
-    (out / "alerts.jsonl").write_text("".join(json.dumps(asdict(a)) + "\n" for a in alerts), encoding="utf-8")
+    write_run(out, records, alerts)
     for record in records:
         i = record.incident
         console.print(f"  {i.id:6s} {i.kind:15s} {i.edge}:{'+'.join(map(str, i.lanes))} at {i.position_m:.0f} m, "

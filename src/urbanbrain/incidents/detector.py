@@ -4,9 +4,10 @@ has not arrived at its stop line, though the road ahead of it is free.
 Every long approach has an ANPR camera where it begins and one at its stop line. A
 vehicle read at the first and not yet at the second is on the way; normally it
 arrives within the time it takes to drive the link, plus the wait in the queue at a
-red. So when a vehicle is overdue (well past the driving time), later vehicles have
-overtaken it and arrived, and no queue stands at the stop line (no stop-line loop
-is held occupied), nothing explains where it is but that it has stopped on the link:
+red. So when a vehicle is overdue (well past the driving time) and nothing at the
+stop line explains it — no stop-line loop held occupied by a queue, no more overdue
+vehicles than a red (or yielding) lane holds, no exit lane full back to its start —
+nothing explains where it is but that it has stopped on the link:
 broken down, or crashed — if more than one vehicle is overdue together on the same
 link, a crash. Plate reads are exact identities, so unlike loop counts they do not
 drift: a count that lost one vehicle would raise a false alarm for ever, a plate
@@ -37,7 +38,6 @@ from urbanbrain.state.model import CityState
 class DetectorSettings:
     drive_factor: float = 1.5  # a vehicle is expected within this many times the link's free driving time ...
     signal_wait_s: float = 40.0  # ... plus this much waiting at the signal
-    overtaken_min: int = 0  # vehicles that entered after it and arrived
     queue_occupancy: float = 0.9  # a stop-line loop this occupied holds a standing queue
     queue_memory_s: float = 10.0  # ... and the queue counts as still there this long after
     start_up_s: float = 10.0  # vehicles waiting at a red are still leaving this long into the green
@@ -160,10 +160,15 @@ class IncidentDetector:
                 entry[1] = (entry[1] if entry[1] is not None else report.time) if green else None
 
     def on_detector(self, report: DetectorReport) -> None:
+        """Update what the loops tell, then check the approaches this station watches
+        (each once per report of its own station, after that second's camera reads)."""
+        watched: dict[int, _Approach] = {}
         for reading in report.readings:
             approach = self._stopline_loop.get(reading.detector_id)
-            if approach is not None and reading.occupancy >= self.settings.queue_occupancy:
-                approach.queue_seen = report.time
+            if approach is not None:
+                watched[id(approach)] = approach
+                if reading.occupancy >= self.settings.queue_occupancy:
+                    approach.queue_seen = report.time
             lane = self._start_loop.get(reading.detector_id)
             if lane is not None and reading.occupancy >= self.settings.queue_occupancy:
                 self._full_since[lane] = report.time
@@ -171,7 +176,7 @@ class IncidentDetector:
             if placed is not None and reading.count:
                 lane_entry = placed[0].lanes[placed[1]]
                 lane_entry[0] = max(0, lane_entry[0] + placed[2] * reading.count)
-        for approach in {id(a): a for a in self._stopline_loop.values()}.values():
+        for approach in watched.values():
             self._check(approach, report.time)
 
     def on_camera(self, passage: CameraPassage) -> None:
@@ -223,7 +228,7 @@ class IncidentDetector:
         if approach.alert is not None or now - approach.queue_seen < s.queue_memory_s:
             return
         overdue = [(plate, entered) for plate, (entered, _) in approach.on_way.items()
-                   if now - entered > approach.expected_s and approach.arrived_after.get(plate, 0) >= s.overtaken_min]
+                   if now - entered > approach.expected_s]
         # As many overdue vehicles as stand before a red (or a green just begun, or a
         # permissive one) may be waiting there; and a jam ahead explains them all.
         waiting = sum(count for count, green_since in approach.lanes.values()

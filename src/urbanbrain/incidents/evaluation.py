@@ -3,8 +3,10 @@ the device events, and score it against the ground truth it never saw."""
 
 from __future__ import annotations
 
+import json
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from urbanbrain.bench.session import CitySession
 from urbanbrain.incidents.detector import IncidentAlert, IncidentDetector
@@ -65,6 +67,13 @@ def run_incidents(scenario: Scenario, network: Network, count: int, seed: int, *
         truth += episode_truth
         alerts += [replace(a, id=f"e{k + 1}.{a.id}") for a in episode_alerts] if len(plans) > 1 else episode_alerts
     return score(scenario.name, network, truth, alerts, horizon_s * len(plans)), truth, alerts
+
+
+def write_run(folder: Path, truth: list[TruthRecord], alerts: list[IncidentAlert]) -> None:
+    """The ground truth (`truth.jsonl`) and what the detector found (`alerts.jsonl`), apart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "truth.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in truth), encoding="utf-8")
+    (folder / "alerts.jsonl").write_text("".join(json.dumps(asdict(a)) + "\n" for a in alerts), encoding="utf-8")
 
 
 def _episode(scenario: Scenario, network: Network, incidents: list[Incident], seed: int, controller: str,

@@ -108,6 +108,15 @@ class TwinField:
                 self.bus.publish(parse_command(payload))
 
 
+def in_process_transport(runtime, principal) -> Transport:
+    """The field inside the service's own process, through the same ingress as HTTP
+    devices (`CityRuntime.ingest`: validated, stored, then acted on)."""
+    def send(events: list[dict[str, Any]], after: int | None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        result = runtime.ingest(events, principal, after)
+        return result.commands, result.last_command_id
+    return send
+
+
 def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transport:
     """Post a batch of events to a brain service. No answer (or a server error) raises
     `BrainUnreachable`, and the field resends the batch later; the brain drops what

@@ -19,7 +19,7 @@ from urbanbrain.incidents.injection import IncidentInjector, random_incidents
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
-from urbanbrain.service.field import TwinField
+from urbanbrain.service.field import TwinField, in_process_transport
 from urbanbrain.service.keys import Principal, create_key
 from urbanbrain.service.webhooks import WebhookDispatcher
 from urbanbrain.store import Store
@@ -118,10 +118,7 @@ class CityHost:
             self.service.runtime = runtime
             if not self.options.twin:
                 return
-
-            def send(events, after):
-                result = runtime.ingest(events, TWIN_PRINCIPAL, after)
-                return result.commands, result.last_command_id
+            send = in_process_transport(runtime, TWIN_PRINCIPAL)
             injector = None
             if self.options.incidents:
                 injector = IncidentInjector(random_incidents(
