@@ -38,7 +38,7 @@ def _load(scenario: str):
         raise typer.BadParameter(str(exc), param_hint="--scenario") from None
 
 
-bench_app = typer.Typer(help="Benchmarks: controllers side by side (default), incidents.")
+bench_app = typer.Typer(help="Benchmarks: controllers side by side (default), incidents, emergency vehicles.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -117,6 +117,37 @@ def bench_incidents(
         report.write_json(result, json_path)
     if truth:
         write_run(truth, records, alerts)
+
+
+@bench_app.command("emergency")
+def bench_emergency(
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    count: Annotated[int, typer.Option(min=1, max=200, help="emergency vehicles dispatched across the network")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the trips and of SUMO")] = 1,
+    controller: Annotated[str, typer.Option(help="the controller running the signals (one the brain runs)")] = "brain",
+    horizon: Annotated[float, typer.Option(min=60, max=86400, help="simulated seconds")] = 3600.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the report as JSON here")] = None,
+    details: Annotated[Path | None, typer.Option(help="write every trip's travel times and every preemption as JSON here")] = None,
+) -> None:
+    """Dispatch emergency vehicles, run the city with and without their priority (same seed, side by side), compare."""
+    from urbanbrain.emergency.evaluation import run_emergency
+
+    _controllers(controller)
+    loaded, _ = _load(scenario)
+    try:
+        with console.status(f"{count} emergency vehicles on {loaded.name}, with and without priority ..."):
+            result, with_run, without_run = run_emergency(scenario, count, seed, controller=controller, horizon_s=horizon)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--controller / --count") from None
+    for key, value in result.items():
+        console.print(f"  {key:28s} {value}")
+    unfinished = sorted(set(with_run.unfinished) | set(without_run.unfinished))
+    if unfinished:
+        console.print(f"[yellow]not arrived within the horizon (counted up to its end): {', '.join(unfinished)}[/yellow]")
+    if json_path:
+        report.write_json(result, json_path)
+    if details:
+        report.write_json({"with_priority": vars(with_run), "without_priority": vars(without_run)}, details)
 
 
 @app.command()

@@ -15,10 +15,12 @@ from pathlib import Path
 from urbanbrain.control import CONTROLLERS, SafetyLayer, SafetyLimits
 from urbanbrain.control.brain_loop import BrainLoop, DecisionSink
 from urbanbrain.core.bus import EventBus
+from urbanbrain.emergency.priority import EmergencyPriority
 from urbanbrain.kpi import QueueMonitor, TripKpis, trip_kpis
 from urbanbrain.network.model import Network
 from urbanbrain.state.estimator import SensorEstimator
 from urbanbrain.state.oracle import OracleObserver
+from urbanbrain.twin.emergency import EmergencyFleet, EmergencyTrip
 from urbanbrain.twin.scenario import Scenario
 from urbanbrain.twin.sumo_twin import Twin
 
@@ -46,7 +48,7 @@ class CitySession:
     def __init__(self, scenario: Scenario, network: Network, controller: str, *, observation: str = "sensors",
                  seed: int = 1, horizon_s: float = 3600.0, explain: DecisionSink | None = None,
                  measure_estimator: bool = False, safety_limits: SafetyLimits | None = None,
-                 world: list | None = None):
+                 world: list | None = None, emergency: list[EmergencyTrip] | None = None, priority: bool = False):
         if controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
         if observation not in OBSERVATIONS:
@@ -59,6 +61,8 @@ class CitySession:
         self._tmp = tempfile.TemporaryDirectory(prefix="urbanbrain-run-")
         self.tripinfo = Path(self._tmp.name) / "tripinfo.xml"
         self.bus = EventBus()
+        self.fleet = EmergencyFleet(network, self.bus, emergency) if emergency else None
+        world = [*(world or []), *([self.fleet] if self.fleet else [])]
         self.twin = Twin(scenario, network, self.bus, local_program=self.controller.local_program, seed=seed,
                          tripinfo_path=self.tripinfo, world=world)
         self.estimator: SensorEstimator | None = None
@@ -69,9 +73,12 @@ class CitySession:
         else:
             observer = SensorEstimator(network, self.bus, stations=self.twin.stations)
             self.estimator = observer
+        self.priority = EmergencyPriority(network, self.bus) if priority and remote else None
+        if priority and not remote:
+            raise ValueError(f"emergency priority needs a controller the brain runs, not the local program of {controller!r}")
         if remote:
             safety = SafetyLayer(network, safety_limits or SafetyLimits())
-            self.brain = BrainLoop(self.controller, observer, safety, self.bus, explain=explain)
+            self.brain = BrainLoop(self.controller, observer, safety, self.bus, explain=explain, priority=self.priority)
         self.monitor: QueueMonitor | None = None
         self._measure_estimator = measure_estimator and self.estimator is not None
         self._errors: list[float] = []
@@ -124,7 +131,7 @@ class CitySession:
         """Close the simulation and measure it, up to the horizon or to where it was stopped."""
         stopped_at = min(self.end_s, self.twin.now)
         self.twin.close()
-        kpis = trip_kpis(self.tripinfo, stopped_at)
+        kpis = trip_kpis(self.tripinfo, stopped_at, exclude=frozenset(self.fleet.records) if self.fleet else frozenset())
         wall = time.perf_counter() - self._started
         self._tmp.cleanup()
         safety = dict(self.brain.safety.counts) if self.brain is not None else {}

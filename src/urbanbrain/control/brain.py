@@ -144,6 +144,13 @@ class BrainController:
                 self._initial[intersection_id] = routed.min_green_s
         return decisions
 
+    def forget_orders(self, intersection_id: str) -> None:
+        """Something else decided for this intersection (an emergency vehicle's priority):
+        what this controller ordered there was not carried out, so it must not wait for it
+        (a guard change believed pending would freeze the intersection until maximum green)."""
+        self._guarding.pop(intersection_id, None)
+        self._initial.pop(intersection_id, None)
+
     def _via_clearing(self, intersection_id: str, current: int, decision: PhaseDecision,
                       state: CityState) -> PhaseDecision:
         """Leaving a green with permissive (yielding) turns for one that lets their foes go

@@ -4,6 +4,9 @@ Commands leave only through the bus, and only after the safety layer; the loop a
 feeds controller reports to the safety layer's conflict monitor and keeps each
 decision's explanation for whoever asks why.
 
+Emergency vehicles' priority (when given) takes over the decisions for the signals
+ahead of them; its decisions pass through the same safety layer.
+
 It also keeps the field controllers under remote control: a `hold` goes to every
 controller it has sent nothing for `heartbeat_s` (so a controller that hears nothing
 for its fail-safe timeout knows the brain is gone and runs its own plan), a
@@ -22,6 +25,7 @@ from typing import Any
 from urbanbrain.control.base import Controller, PhaseDecision
 from urbanbrain.control.safety import SafetyLayer
 from urbanbrain.core.bus import EventBus
+from urbanbrain.emergency.priority import EmergencyPriority
 from urbanbrain.state.model import CityState
 
 DecisionSink = Callable[[dict[str, Any]], None]
@@ -29,8 +33,10 @@ DecisionSink = Callable[[dict[str, Any]], None]
 
 class BrainLoop:
     def __init__(self, controller: Controller, observer: Any, safety: SafetyLayer, bus: EventBus,
-                 explain: DecisionSink | None = None, keep_decisions: int = 1000, heartbeat_s: float = 3.0):
+                 explain: DecisionSink | None = None, keep_decisions: int = 1000, heartbeat_s: float = 3.0,
+                 priority: EmergencyPriority | None = None):
         self.controller = controller
+        self.priority = priority  # emergency vehicles' green waves, on top of the controller
         self.observer = observer
         self.safety = safety
         self.bus = bus
@@ -82,7 +88,13 @@ class BrainLoop:
         self.take_control(now)
         for command in self.safety.tick(now):
             self._send(command)
-        for decision in self.controller.decide(self.state, now):
+        decisions = self.controller.decide(self.state, now)
+        if self.priority is not None:
+            decisions = self.priority.adjust(decisions, self.state, self.safety, now)
+            forget = getattr(self.controller, "forget_orders", None)
+            for intersection_id in self.priority.holding() if forget is not None else ():
+                forget(intersection_id)
+        for decision in decisions:
             if decision.intersection in self.local or not self.safety.controls(decision.intersection):
                 continue
             if decision.keep:

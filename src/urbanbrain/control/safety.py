@@ -94,6 +94,19 @@ class SafetyLayer:
         track = self._tracks.get(intersection_id)
         return None if track is None or now < track.change_until else track.phase
 
+    def phase(self, intersection_id: str) -> int | None:
+        """The green the layer has let the controller show or change to (None when not under remote control)."""
+        track = self._tracks.get(intersection_id)
+        return None if track is None else track.phase
+
+    def earliest_change_s(self, intersection_id: str, now: float) -> float | None:
+        """Seconds until the layer would let the current green end: the change interval
+        still running plus the minimum green still owed (None when not under remote control)."""
+        track = self._tracks.get(intersection_id)
+        if track is None:
+            return None
+        return max(0.0, track.change_until - now) + max(0.0, track.green_since + track.min_green_s - max(now, track.change_until))
+
     def release(self, intersection_id: str) -> None:
         """Stop tracking a controller that runs on its own now (its plan, flashing, a
         fail-safe fallback): remote control resumes only through `take_control`, from

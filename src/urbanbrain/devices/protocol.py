@@ -88,7 +88,28 @@ class ControllerState(_Message):
     mode: Literal["remote", "plan", "fallback", "flash"]
 
 
-DeviceEvent = Annotated[Union[DetectorReport, CameraPassage, ControllerState], Field(discriminator="kind")]
+class EmergencyVehicleReport(_Message):
+    """An emergency vehicle's transponder (AVL unit): where it is, where it must go, how urgent.
+
+    Sent every second or two while its blue lights are on; `status` `arrived` or
+    `stood_down` ends its priority. `priority` 1 is the most urgent (a cardiac arrest),
+    3 the least; between vehicles of equal priority the first to arrive goes first.
+    """
+
+    kind: Literal["emergency"] = "emergency"
+    vehicle: Identifier
+    service: Literal["ambulance", "fire", "police"]
+    priority: int = Field(ge=1, le=3)
+    edge: Identifier
+    lane: Identifier
+    position_m: float = Field(ge=0, le=100_000, allow_inf_nan=False, description="from the lane's start")
+    speed_ms: float = Field(ge=0, le=100, allow_inf_nan=False)
+    destination: Identifier = Field(description="the road it must reach")
+    status: Literal["en_route", "arrived", "stood_down"] = "en_route"
+
+
+DeviceEvent = Annotated[Union[DetectorReport, CameraPassage, ControllerState, EmergencyVehicleReport],
+                        Field(discriminator="kind")]
 
 
 class SignalCommand(_Message):
@@ -124,6 +145,16 @@ class SignalCommand(_Message):
         return phase
 
 
+class RouteAdvice(_Message):
+    """The brain's route for an emergency vehicle, to its navigation unit: the roads
+    from the one it is on to its destination, fastest on the current travel times."""
+
+    kind: Literal["route"] = "route"
+    vehicle: Identifier
+    edges: list[Identifier] = Field(min_length=1, max_length=10_000)
+    reason: str = Field(default="", max_length=2000)
+
+
 _event_adapter: TypeAdapter[DeviceEvent] = TypeAdapter(DeviceEvent)
 
 
@@ -142,7 +173,7 @@ def _load(data: str | bytes | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def parse_event(data: str | bytes | dict[str, Any]) -> DetectorReport | CameraPassage | ControllerState:
+def parse_event(data: str | bytes | dict[str, Any]) -> DetectorReport | CameraPassage | ControllerState | EmergencyVehicleReport:
     """Validate one device event (JSON text or a decoded object)."""
     try:
         return _event_adapter.validate_python(_load(data), strict=True)

@@ -37,12 +37,13 @@ class TripKpis:
     scheduled: int
 
 
-def trip_kpis(tripinfo_path: Path, horizon_end_s: float) -> TripKpis:
-    """KPIs from a tripinfo file written with unfinished and undeparted vehicles."""
+def trip_kpis(tripinfo_path: Path, horizon_end_s: float, exclude: frozenset[str] = frozenset()) -> TripKpis:
+    """KPIs from a tripinfo file written with unfinished and undeparted vehicles;
+    the vehicles in `exclude` (emergency vehicles measured on their own) are left out."""
     travel, loss, total, stops = [], [], [], []
     arrived = not_inserted = 0
     for _, trip in ET.iterparse(tripinfo_path):
-        if trip.tag != "tripinfo":
+        if trip.tag != "tripinfo" or trip.get("id") in exclude:
             continue
         depart = float(trip.get("depart"))
         depart_delay = float(trip.get("departDelay"))

@@ -129,14 +129,29 @@ class Intersection:
         return [(i, j) for i in greens for j in self.conflicts[i] if j in green_set and i < j]
 
 
+@dataclass(frozen=True)
+class Road:
+    """A road (one direction) as route planning sees it: how long, how fast, where it leads."""
+
+    id: str
+    length_m: float
+    speed_limit_ms: float
+    leads_to: tuple[str, ...]  # roads reachable from its end by a motor vehicle
+
+
 @dataclass
 class Network:
-    """A road network: lanes and signalised intersections, plus drawing geometry."""
+    """A road network: lanes and signalised intersections, plus drawing geometry.
+
+    `roads` is the road graph for route planning (emergency vehicles): every road a
+    motor vehicle may use, whether or not a signal controls its end.
+    """
 
     name: str
     lanes: dict[str, Lane]
     intersections: dict[str, Intersection]
     bounds: tuple[float, float, float, float]
+    roads: dict[str, Road] = field(default_factory=dict)
 
     def edge_lanes(self, edge: str) -> tuple[str, ...]:
         return tuple(lane.id for lane in self.lanes.values() if lane.edge == edge)

@@ -20,9 +20,11 @@ from urbanbrain.network.model import (
     Movement,
     Network,
     Phase,
+    Road,
 )
 
 FEEDER_REACH_M = 200.0
+ROUTING_CLASS = "emergency"  # the road graph is for emergency vehicles' routes
 GENERATED_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=2.0)
 FALLBACK_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=0.0)
 
@@ -61,7 +63,22 @@ def read_network(net_file: str | Path) -> Network:
         if intersection is not None:
             intersections[intersection.id] = intersection
     xmin, ymin, xmax, ymax = net.getBoundary()
-    return Network(name=path.name.removesuffix(".net.xml"), lanes=lanes, intersections=intersections, bounds=(xmin, ymin, xmax, ymax))
+    return Network(name=path.name.removesuffix(".net.xml"), lanes=lanes, intersections=intersections,
+                   bounds=(xmin, ymin, xmax, ymax), roads=_roads(net))
+
+
+def _roads(net) -> dict[str, Road]:
+    """The road graph of the roads an emergency vehicle may use, with the turns it may take."""
+    roads = {}
+    for edge in net.getEdges(withInternal=False):
+        if not edge.allows(ROUTING_CLASS):
+            continue
+        leads_to = tuple(sorted(
+            target.getID() for target, connections in edge.getOutgoing().items()
+            if target.allows(ROUTING_CLASS) and any(c.getFromLane().allows(ROUTING_CLASS)
+                                                    and c.getToLane().allows(ROUTING_CLASS) for c in connections)))
+        roads[edge.getID()] = Road(edge.getID(), edge.getLength(), edge.getSpeed(), leads_to)
+    return roads
 
 
 def _vehicle_connections(tls: sumolib.net.TLS) -> list:

@@ -154,6 +154,20 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
     def devices() -> list[dict[str, Any]]:
         return runtime().device_rows()
 
+    @app.get("/api/emergency", dependencies=[reader])
+    def emergency() -> dict[str, Any]:
+        return runtime().emergency_json()
+
+    @app.get("/api/emergency/{vehicle}/route")
+    def emergency_route(vehicle: str, who: Annotated[Principal, Depends(principal(POST_EVENTS))]) -> dict[str, Any]:
+        """The route the brain planned for a vehicle, for its navigation unit (its device key) or an administrator."""
+        if not who.may_speak_for(vehicle):
+            raise HTTPException(403, f"key {who.name!r} may not read the route of {vehicle!r}")
+        advice = runtime().routes.get(vehicle)
+        if advice is None:
+            raise HTTPException(404, f"no route planned for {vehicle!r} (is it reporting, en route?)")
+        return advice.model_dump()
+
     @app.get("/api/alerts", dependencies=[reader])
     def alerts(status: Literal["new", "acknowledged", "resolved"] | None = None) -> list[dict[str, Any]]:
         return store.alerts(status)

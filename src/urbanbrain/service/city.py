@@ -12,6 +12,7 @@ than real time and on a real city.
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,15 @@ from urbanbrain.control.brain_loop import BrainLoop
 from urbanbrain.control.safety import SafetyLayer
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.inventory import DeviceLayout, place_devices
-from urbanbrain.devices.protocol import DetectorReport, ProtocolError, SignalCommand, parse_event
+from urbanbrain.devices.protocol import (
+    DetectorReport,
+    EmergencyVehicleReport,
+    ProtocolError,
+    RouteAdvice,
+    SignalCommand,
+    parse_event,
+)
+from urbanbrain.emergency import EmergencyPriority, RouteError, fastest_route
 from urbanbrain.incidents.detector import IncidentDetector
 from urbanbrain.network.model import Network
 from urbanbrain.service.keys import Principal
@@ -84,7 +93,10 @@ class CityRuntime:
         self.estimator = SensorEstimator(network, self.bus, stations=self.stations)
         self.safety = SafetyLayer(network)
         self.controller = CONTROLLERS[controller](network)
-        self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision)
+        self.priority = EmergencyPriority(network, self.bus)
+        self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision,
+                               priority=self.priority)
+        self.routes: dict[str, RouteAdvice] = {}  # vehicle -> the latest route the brain sent it
         self.detector = IncidentDetector(network, self.stations, self.bus, state=self.estimator.state)
         self.webhooks = tuple(webhooks)
         self._alert_ids: dict[str, int] = {}  # the detector's alert id -> the stored alert's
@@ -112,6 +124,7 @@ class CityRuntime:
             if mode != "brain" and intersection_id in network.intersections:
                 self.brain.local[intersection_id] = _LOCAL[mode]
         self.bus.subscribe("signal", self._new_commands.append)
+        self.bus.subscribe("route", lambda advice: self.routes.__setitem__(advice.vehicle, advice))
         self.bus.subscribe("detector", self._count_throughput)
 
     # -- ingress ---------------------------------------------------------------------
@@ -187,12 +200,48 @@ class CityRuntime:
                     errors.append((index, f"readings.{k}.lane", f"loop {reading.detector_id!r} is the {loop.position} loop "
                                                                 f"of lane {loop.lane!r}, not the {reading.position} loop of {reading.lane!r}"))
             return errors
+        if event.kind == "emergency":
+            return [(index, f, reason) for f, reason in self._check_emergency(event)]
         lanes = self._camera_lanes.get(device)
         if lanes is None:
             return [(index, "device_id", f"{device!r} is not a camera in the device registry")]
         if event.lane not in lanes:
             return [(index, "lane", f"camera {device!r} watches {', '.join(sorted(lanes))}, not {event.lane!r}")]
         return []
+
+    def _check_emergency(self, event: EmergencyVehicleReport) -> list[tuple[str, str]]:
+        """An emergency vehicle's transponder speaks for its own vehicle, on roads of this
+        network, towards a destination that can be reached from where it is."""
+        if event.device_id != event.vehicle:
+            return [("vehicle", f"transponder {event.device_id!r} reports for {event.vehicle!r}; "
+                                f"a transponder reports its own vehicle (device_id = vehicle)")]
+        roads = self.network.roads
+        if event.edge not in roads:
+            return [("edge", f"{event.edge!r} is not a road of {self.network.name!r}")]
+        lane = self.network.lanes.get(event.lane)
+        if lane is None or lane.edge != event.edge:
+            return [("lane", f"{event.lane!r} is not a lane of road {event.edge!r}")]
+        if event.position_m > lane.length_m + 1.0:
+            return [("position_m", f"{event.position_m:g} m is beyond the end of lane {event.lane!r} ({lane.length_m:.1f} m)")]
+        if event.destination not in roads:
+            return [("destination", f"{event.destination!r} is not a road of {self.network.name!r}")]
+        if event.status == "en_route":
+            try:
+                fastest_route(self.network, event.edge, event.destination)
+            except RouteError as exc:
+                return [("destination", str(exc))]
+        return []
+
+    def emergency_json(self) -> dict[str, Any]:
+        """Emergency vehicles under priority, their routes, and the signals held for them."""
+        with self._lock:
+            return {
+                "vehicles": [{"vehicle": v, "service": t.report.service, "priority": t.report.priority,
+                              "edge": t.report.edge, "destination": t.report.destination, "route": t.route[t.index:]}
+                             for v, t in sorted(self.priority.vehicles.items())],
+                "preemptions": [p.to_json() for p in self.priority.preemptions[-200:]],
+                "median_recovery_s": _median(self.priority.recovery_times_s()),
+            }
 
     def commands_for(self, principal: Principal, after: int) -> list[tuple[int, dict[str, Any]]]:
         controllers = None
@@ -386,3 +435,7 @@ class CityRuntime:
 
 def jsonable(entry: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(entry, default=str))
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
