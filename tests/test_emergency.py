@@ -118,3 +118,32 @@ def test_priority_gives_emergency_vehicles_a_green_wave_through_the_safety_layer
     assert "violation" not in with_priority.safety
     assert with_priority.problems == []
     assert result["median_recovery_s"] is not None and 0 <= result["median_recovery_s"] <= 600
+
+
+def test_a_vehicle_gets_green_ahead_and_loses_priority_when_its_transponder_falls_silent(grid_net: Path):
+    from urbanbrain.control.safety import SafetyLayer
+    from urbanbrain.core.bus import EventBus
+    from urbanbrain.emergency import EmergencyPriority
+
+    network = read_network(grid_net)
+    bus = EventBus()
+    priority = EmergencyPriority(network, bus)
+    safety = SafetyLayer(network)
+    for intersection_id in network.intersections:
+        safety.take_control(intersection_id, 0, 0.0, green_for_s=60.0)
+    # a road ending at a signal, the vehicle 20 m before the stop line, heading on through it
+    intersection = network.intersections[sorted(network.intersections)[0]]
+    movement = next(m for m in intersection.movements if m.direction == "s")
+    edge, onward = network.lanes[movement.in_lane].edge, network.lanes[movement.out_lane].edge
+    destination = onward if not network.roads[onward].leads_to else network.roads[onward].leads_to[0]
+    near = network.roads[edge].length_m - 20.0
+    bus.publish(parse_event(report(network, edge=edge, lane=f"{edge}_0", position_m=near, destination=destination,
+                                   time=100.0)))
+    decisions = priority.adjust([], CityState("sensors"), safety, 101.0)
+    held = [d for d in decisions if d.intersection == intersection.id]
+    assert len(held) == 1 and held[0].reason.startswith("emergency: ambulance ev-1")
+    assert movement.signal_group in intersection.phases[held[0].phase].green_groups
+    assert priority.holding() == [intersection.id]
+    assert priority.adjust([], CityState("sensors"), safety, 115.0) == []  # 15 s without a report
+    assert priority.vehicles == {} and "silent" in priority.problems[-1]
+    assert priority.holding() == []

@@ -43,6 +43,7 @@ class PrioritySettings:
     headway_s: float = 2.0  # saturation headway per queued vehicle
     recovery_limit_s: float = 600.0  # a recovery not seen within this is reported as this long
     recovery_tolerance_veh: float = 1.0  # queues within this of where they stood count as recovered
+    silent_s: float = 10.0  # a vehicle not heard from for this long gets no more priority (a lost transponder)
 
 
 @dataclass
@@ -131,7 +132,10 @@ class EmergencyPriority:
                now: float) -> list[PhaseDecision]:
         """The controller's decisions with the signals ahead of emergency vehicles taken over."""
         for vehicle_id, vehicle in list(self.vehicles.items()):
-            if not vehicle.route:
+            if now - vehicle.report.time > self.settings.silent_s:
+                self.problems.append(f"{now:g}: {vehicle_id}: silent for {now - vehicle.report.time:.0f} s, priority ended")
+                del self.vehicles[vehicle_id]
+            elif not vehicle.route:
                 self._plan(vehicle_id, vehicle, state, now)
         requests: dict[str, _Request] = {}
         for vehicle_id, vehicle in self.vehicles.items():
