@@ -109,12 +109,14 @@ def test_the_service_names_what_is_wrong_in_an_emergency_report(city: City):
 
 
 def test_priority_gives_emergency_vehicles_a_green_wave_through_the_safety_layer(grid_city: Path):
-    result, with_priority, without = run_emergency(str(grid_city), count=6, seed=3, horizon_s=600)
+    comparison = run_emergency(str(grid_city), count=6, seed=3, horizon_s=600)
+    result, with_priority, without = comparison.report, comparison.with_priority, comparison.without_priority
     assert set(result) == {"scenario", "vehicles", "travel_time_ratio", "others_total_delay_change", "median_recovery_s"}
     assert result["vehicles"] == 6
     assert not with_priority.unfinished and not without.unfinished
     assert with_priority.preemptions, "no signal was held for any emergency vehicle"
     assert result["travel_time_ratio"] < 0.9, result
+    assert 0 < comparison.floor_ratio <= result["travel_time_ratio"]  # nothing beats every light green, nobody ahead
     assert "violation" not in with_priority.safety
     assert with_priority.problems == []
     assert result["median_recovery_s"] is not None and 0 <= result["median_recovery_s"] <= 600

@@ -131,23 +131,30 @@ def bench_emergency(
 ) -> None:
     """Dispatch emergency vehicles, run the city with and without their priority (same seed, side by side), compare."""
     from urbanbrain.emergency.evaluation import run_emergency
+    from urbanbrain.twin.emergency import SPEED_FACTOR
 
     _controllers(controller)
     loaded, _ = _load(scenario)
     try:
         with console.status(f"{count} emergency vehicles on {loaded.name}, with and without priority ..."):
-            result, with_run, without_run = run_emergency(scenario, count, seed, controller=controller, horizon_s=horizon)
+            comparison = run_emergency(scenario, count, seed, controller=controller, horizon_s=horizon)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--controller / --count") from None
+    result, with_run, without_run = comparison.report, comparison.with_priority, comparison.without_priority
     for key, value in result.items():
         console.print(f"  {key:28s} {value}")
+    console.print(f"  mean travel s with / without  {comparison.mean_travel_s[0]:.1f} / {comparison.mean_travel_s[1]:.1f}")
+    console.print(f"  floor of the ratio            {comparison.floor_ratio:.3f} (every trip at {SPEED_FACTOR:g} x the limit on "
+                  f"its free-flow route, all green, nobody in front: {comparison.free_flow_s:.1f} s)")
     unfinished = sorted(set(with_run.unfinished) | set(without_run.unfinished))
     if unfinished:
         console.print(f"[yellow]not arrived within the horizon (counted up to its end): {', '.join(unfinished)}[/yellow]")
     if json_path:
         report.write_json(result, json_path)
     if details:
-        report.write_json({"with_priority": vars(with_run), "without_priority": vars(without_run)}, details)
+        report.write_json({"with_priority": vars(with_run), "without_priority": vars(without_run),
+                           "mean_travel_s": comparison.mean_travel_s, "free_flow_s": comparison.free_flow_s,
+                           "floor_ratio": comparison.floor_ratio}, details)
 
 
 @app.command()

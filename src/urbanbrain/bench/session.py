@@ -53,9 +53,11 @@ class CitySession:
             raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
         if observation not in OBSERVATIONS:
             raise ValueError(f"unknown observation {observation!r}; choose from {', '.join(OBSERVATIONS)}")
+        self.controller = CONTROLLERS[controller](network)
+        if priority and self.controller.local_program is not None:
+            raise ValueError(f"emergency priority needs a controller the brain runs, not the local program of {controller!r}")
         self.scenario = scenario
         self.network = network
-        self.controller = CONTROLLERS[controller](network)
         self.observation = observation
         self.end_s = scenario.begin_s + horizon_s
         self._tmp = tempfile.TemporaryDirectory(prefix="urbanbrain-run-")
@@ -73,9 +75,7 @@ class CitySession:
         else:
             observer = SensorEstimator(network, self.bus, stations=self.twin.stations)
             self.estimator = observer
-        self.priority = EmergencyPriority(network, self.bus) if priority and remote else None
-        if priority and not remote:
-            raise ValueError(f"emergency priority needs a controller the brain runs, not the local program of {controller!r}")
+        self.priority = EmergencyPriority(network, self.bus) if priority else None
         if remote:
             safety = SafetyLayer(network, safety_limits or SafetyLimits())
             self.brain = BrainLoop(self.controller, observer, safety, self.bus, explain=explain, priority=self.priority)

@@ -33,6 +33,10 @@ class Controller(Protocol):
 
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]: ...
 
+    def forget_orders(self, intersection_id: str) -> None:
+        """Something else (an emergency vehicle's priority) decided for this intersection:
+        whatever the controller ordered there was not carried out."""
+
 
 @dataclass
 class LocalProgram:
@@ -43,6 +47,9 @@ class LocalProgram:
 
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
         return []
+
+    def forget_orders(self, intersection_id: str) -> None:
+        """The field runs its own program: the brain ordered nothing."""
 
 
 def fixed(network: Network) -> LocalProgram:

@@ -91,9 +91,8 @@ class BrainLoop:
         decisions = self.controller.decide(self.state, now)
         if self.priority is not None:
             decisions = self.priority.adjust(decisions, self.state, self.safety, now)
-            forget = getattr(self.controller, "forget_orders", None)
-            for intersection_id in self.priority.holding() if forget is not None else ():
-                forget(intersection_id)
+            for intersection_id in self.priority.holding():
+                self.controller.forget_orders(intersection_id)
         for decision in decisions:
             if decision.intersection in self.local or not self.safety.controls(decision.intersection):
                 continue

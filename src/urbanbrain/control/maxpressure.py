@@ -35,6 +35,9 @@ class MaxPressure:
             for index, links in enumerate(self._phase_links[intersection_id])
         }
 
+    def forget_orders(self, intersection_id: str) -> None:
+        """Max-pressure decides afresh every second from the state: it remembers no orders."""
+
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
         decisions = []
         for intersection_id in self._phase_links:

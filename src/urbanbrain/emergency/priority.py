@@ -93,8 +93,7 @@ class _Request:
     key: tuple[int, float]  # (priority, arrival): the smaller wins a signal
     vehicle: str
     phase: int
-    reason: str
-    scores: dict[int, float]
+    reason: str  # the quantities compared: arrival against the lead the green needs
 
 
 class EmergencyPriority:
@@ -144,7 +143,7 @@ class EmergencyPriority:
                     requests[intersection_id] = request
         self._track(requests, state, now)
         kept = [d for d in decisions if d.intersection not in requests]
-        return kept + [PhaseDecision(i, r.phase, safety.limits.min_green_s, r.reason, r.scores)
+        return kept + [PhaseDecision(i, r.phase, safety.limits.min_green_s, r.reason)
                        for i, r in sorted(requests.items())]
 
     def holding(self) -> list[str]:
@@ -205,8 +204,7 @@ class EmergencyPriority:
             reason = (f"emergency: {report.service} {vehicle_id} (priority {report.priority}) reaches the stop line in "
                       f"{eta:.0f} s; {what}: the {queue:.0f} vehicles in front need {discharge:.0f} s, the change "
                       f"{clearance:g} s; lead {lead:.0f} s")
-            yield signal.intersection, _Request((report.priority, now + eta), vehicle_id, want, reason,
-                                                {want: round(eta, 1), **({current: round(lead, 1)} if current not in (None, want) else {})})
+            yield signal.intersection, _Request((report.priority, now + eta), vehicle_id, want, reason)
 
     def _track(self, requests: dict[str, _Request], state: CityState, now: float) -> None:
         for intersection_id, running in list(self._active.items()):

@@ -27,8 +27,7 @@ def road_time_s(network: Network, road_id: str, state: CityState | None) -> floa
     free = road.length_m / max(road.speed_limit_ms, 0.1)
     if state is None:
         return free
-    queues = [state.lanes[lane].queue + state.lanes[lane].upstream_queue
-              for lane in network.edge_lanes(road_id) if lane in state.lanes]
+    queues = [state.lanes[lane].queue + state.lanes[lane].upstream_queue for lane in road.lanes if lane in state.lanes]
     return free + HEADWAY_S * max(queues, default=0.0)
 
 
@@ -62,8 +61,7 @@ def fastest_route(network: Network, origin: str, destination: str, state: CitySt
     return route[::-1]
 
 
-def signal_count(network: Network, route: list[str]) -> int:
-    """How many signalised intersections a route crosses."""
-    steps = {(network.lanes[m.in_lane].edge, network.lanes[m.out_lane].edge)
-             for intersection in network.intersections.values() for m in intersection.movements}
-    return sum((a, b) in steps for a, b in zip(route, route[1:]))
+def signal_steps(network: Network) -> frozenset[tuple[str, str]]:
+    """Every (road, next road) that crosses a signal: a route crosses as many signals as it has such steps."""
+    return frozenset((network.lanes[m.in_lane].edge, network.lanes[m.out_lane].edge)
+                     for intersection in network.intersections.values() for m in intersection.movements)

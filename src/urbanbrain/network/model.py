@@ -137,6 +137,7 @@ class Road:
     length_m: float
     speed_limit_ms: float
     leads_to: tuple[str, ...]  # roads reachable from its end by a motor vehicle
+    lanes: tuple[str, ...] = ()  # its lanes, right to left
 
 
 @dataclass

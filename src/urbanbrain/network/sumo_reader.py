@@ -77,7 +77,8 @@ def _roads(net) -> dict[str, Road]:
             target.getID() for target, connections in edge.getOutgoing().items()
             if target.allows(ROUTING_CLASS) and any(c.getFromLane().allows(ROUTING_CLASS)
                                                     and c.getToLane().allows(ROUTING_CLASS) for c in connections)))
-        roads[edge.getID()] = Road(edge.getID(), edge.getLength(), edge.getSpeed(), leads_to)
+        roads[edge.getID()] = Road(edge.getID(), edge.getLength(), edge.getSpeed(), leads_to,
+                                   tuple(lane.getID() for lane in edge.getLanes()))
     return roads
 
 

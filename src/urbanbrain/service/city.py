@@ -97,6 +97,7 @@ class CityRuntime:
         self.brain = BrainLoop(self.controller, self.estimator, self.safety, self.bus, explain=self._on_decision,
                                priority=self.priority)
         self.routes: dict[str, RouteAdvice] = {}  # vehicle -> the latest route the brain sent it
+        self._reachability: dict[tuple[str, str], str | None] = {}  # (road, destination) -> why not reachable
         self.detector = IncidentDetector(network, self.stations, self.bus, state=self.estimator.state)
         self.webhooks = tuple(webhooks)
         self._alert_ids: dict[str, int] = {}  # the detector's alert id -> the stored alert's
@@ -124,7 +125,7 @@ class CityRuntime:
             if mode != "brain" and intersection_id in network.intersections:
                 self.brain.local[intersection_id] = _LOCAL[mode]
         self.bus.subscribe("signal", self._new_commands.append)
-        self.bus.subscribe("route", lambda advice: self.routes.__setitem__(advice.vehicle, advice))
+        self.bus.subscribe("route", self._on_route)
         self.bus.subscribe("detector", self._count_throughput)
 
     # -- ingress ---------------------------------------------------------------------
@@ -209,6 +210,9 @@ class CityRuntime:
             return [(index, "lane", f"camera {device!r} watches {', '.join(sorted(lanes))}, not {event.lane!r}")]
         return []
 
+    def _on_route(self, advice: RouteAdvice) -> None:
+        self.routes[advice.vehicle] = advice
+
     def _check_emergency(self, event: EmergencyVehicleReport) -> list[tuple[str, str]]:
         """An emergency vehicle's transponder speaks for its own vehicle, on roads of this
         network, towards a destination that can be reached from where it is."""
@@ -226,11 +230,22 @@ class CityRuntime:
         if event.destination not in roads:
             return [("destination", f"{event.destination!r} is not a road of {self.network.name!r}")]
         if event.status == "en_route":
-            try:
-                fastest_route(self.network, event.edge, event.destination)
-            except RouteError as exc:
-                return [("destination", str(exc))]
+            unreachable = self._unreachable(event.edge, event.destination)
+            if unreachable:
+                return [("destination", unreachable)]
         return []
+
+    def _unreachable(self, origin: str, destination: str) -> str | None:
+        """Why `destination` cannot be reached from `origin` (None if it can); remembered,
+        since the road graph does not change and a transponder reports every second."""
+        key = (origin, destination)
+        if key not in self._reachability:
+            try:
+                fastest_route(self.network, origin, destination)
+                self._reachability[key] = None
+            except RouteError as exc:
+                self._reachability[key] = str(exc)
+        return self._reachability[key]
 
     def emergency_json(self) -> dict[str, Any]:
         """Emergency vehicles under priority, their routes, and the signals held for them."""

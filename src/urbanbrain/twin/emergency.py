@@ -19,7 +19,7 @@ from types import ModuleType
 
 from urbanbrain.core.bus import EventBus
 from urbanbrain.devices.protocol import EmergencyVehicleReport, RouteAdvice
-from urbanbrain.emergency.routing import RouteError, fastest_route, signal_count
+from urbanbrain.emergency.routing import RouteError, fastest_route, signal_steps
 from urbanbrain.network.model import Network
 
 SERVICES = ("ambulance", "fire", "police")
@@ -48,13 +48,15 @@ def random_trips(network: Network, count: int, *, seed: int, begin_s: float, hor
     roads = sorted(network.roads)
     if len(roads) < 2:
         raise ValueError(f"network {network.name!r} has fewer than two roads for emergency trips")
+    steps = signal_steps(network)
     trips = []
     for n in range(count):
         best: tuple[int, str, str] | None = None
         for _ in range(200):
             origin, destination = rng.sample(roads, 2)
             try:
-                signals = signal_count(network, fastest_route(network, origin, destination))
+                route = fastest_route(network, origin, destination)
+                signals = sum(step in steps for step in zip(route, route[1:]))
             except RouteError:
                 continue
             if best is None or signals > best[0]:
@@ -93,21 +95,22 @@ class EmergencyFleet:
         self._due = sorted(self.trips, key=lambda t: t.dispatch_s)
         self._seq: dict[str, int] = {}
         self._advice: dict[str, list[str]] = {}
+        self._driving: set[str] = set()  # dispatched, inserted, not yet arrived
         self.bus.subscribe("route", self._on_route)
 
     def __call__(self, sumo: ModuleType, now: float) -> None:
         while self._due and self._due[0].dispatch_s <= now:
             self._dispatch(sumo, self._due.pop(0))
+        self._driving.update(v for v in sumo.simulation.getDepartedIDList() if v in self.records)
         for vehicle in sumo.simulation.getArrivedIDList():
-            record = self.records.get(vehicle)
-            if record is not None and record.arrived_s is None:
+            if vehicle in self._driving:
+                self._driving.discard(vehicle)
+                record = self.records[vehicle]
                 record.arrived_s = now
                 self._report(record.trip, now, record.route[-1], f"{record.route[-1]}_0",
                              self.network.roads[record.route[-1]].length_m, 0.0, "arrived")
-        present = set(sumo.vehicle.getIDList())
-        for vehicle, record in self.records.items():
-            if record.arrived_s is not None or vehicle not in present:
-                continue
+        for vehicle in sorted(self._driving):
+            record = self.records[vehicle]
             road = sumo.vehicle.getRoadID(vehicle)
             if road.startswith(":"):  # inside a junction: the transponder is matched to the road it left
                 route = sumo.vehicle.getRoute(vehicle)
