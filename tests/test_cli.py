@@ -38,6 +38,11 @@ def test_bad_arguments_are_named(tmp_path: Path):
     assert out.returncode == 2 and "magic" in out.stderr
     out = urbanbrain("bench", "--observation", "psychic")
     assert out.returncode == 2 and "psychic" in out.stderr
+    out = urbanbrain("run", "--emergency", "-1", "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2 and "--emergency" in out.stderr and "greater than or equal to 0" in out.stderr
+    out = urbanbrain("run", "--no-twin", "--emergency", "2", "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2 and "--no-twin" in out.stderr
+    assert not (tmp_path / "data").exists(), "refused before the service starts"
 
 
 def test_a_bench_run_does_not_depend_on_the_runs_before_it(tmp_path: Path):

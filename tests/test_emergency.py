@@ -149,3 +149,37 @@ def test_a_vehicle_gets_green_ahead_and_loses_priority_when_its_transponder_fall
     assert priority.adjust([], CityState("sensors"), safety, 115.0) == []  # 15 s without a report
     assert priority.vehicles == {} and "silent" in priority.problems[-1]
     assert priority.holding() == []
+
+
+def test_run_with_emergency_vehicles_sends_their_reports_through_the_service_and_their_routes_back(
+        grid_city: Path, tmp_path: Path):
+    """`urbanbrain run --emergency N`: the twin dispatches N vehicles; their transponders'
+    reports are validated and stored like every device event, and the brain's route
+    reaches each vehicle through its navigation unit's read of the route advice."""
+    import json
+
+    from urbanbrain.service.app import ServiceState
+    from urbanbrain.service.host import CityHost, HostOptions, open_store
+
+    with pytest.raises(ValueError, match="0 or more"):
+        HostOptions(emergency=-1)
+    store = open_store(tmp_path, None)
+    service = ServiceState(store)
+    host = CityHost(service, HostOptions(scenario=str(grid_city), speed=0, duration_s=150, seed=3, emergency=2), tmp_path)
+    host.start()
+    host.thread.join(timeout=300)
+    assert service.twin == "finished", service.twin_error
+    runtime, records = service.runtime, host.field.fleet.records
+    assert sorted(records) == ["ev-1", "ev-2"]
+    for vehicle, record in records.items():
+        stored = store.events(vehicle, limit=10_000)
+        assert len(stored) >= 10 and {e.kind for e in stored} == {"emergency"}
+        assert [e.seq for e in stored] == sorted(e.seq for e in stored) and stored[0].seq > 10**18  # rising across runs
+        first = json.loads(stored[0].payload)
+        assert first["edge"] == record.trip.origin and first["destination"] == record.trip.destination
+        advice = runtime.routes[vehicle]
+        assert advice.edges[-1] == record.trip.destination
+        assert record.advice >= 1, f"{vehicle} never followed the brain's route"
+    assert runtime.priority.preemptions, "no signal was held for the emergency vehicles"
+    assert runtime.priority.problems == []
+    store.close()

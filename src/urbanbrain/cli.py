@@ -173,6 +173,7 @@ def run(
     failsafe: Annotated[float, typer.Option(min=1, help="twin: a signal controller runs its own plan after this many seconds without a command")] = 10.0,
     webhook: Annotated[list[str] | None, typer.Option(help="POST every alert change here (repeat for several subscribers)")] = None,
     incidents: Annotated[int, typer.Option(min=0, max=500, help="twin: inject this many random incidents (ground truth to DATA_DIR/incidents-truth.jsonl)")] = 0,
+    emergency: Annotated[int, typer.Option(min=0, max=200, help="twin: dispatch this many random emergency vehicles over the run (or the first hour); the brain gives them green waves")] = 0,
     webhook_secret: Annotated[str | None, typer.Option(envvar="URBANBRAIN_WEBHOOK_SECRET", help="shared secret that signs webhook bodies (HMAC-SHA256)")] = None,
 ) -> None:
     """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
@@ -182,6 +183,9 @@ def run(
     if webhook and not webhook_secret:
         raise typer.BadParameter("webhooks need a secret to sign with: --webhook-secret or URBANBRAIN_WEBHOOK_SECRET",
                                  param_hint="--webhook-secret")
+    if emergency and not twin:
+        raise typer.BadParameter("emergency vehicles are dispatched in the twin, which --no-twin turns off",
+                                 param_hint="--emergency")
     if scenario != "demo":
         _load(scenario)  # a bad scenario is named before the service starts
 
@@ -197,7 +201,7 @@ def run(
     serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
                       twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
                       failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret,
-                      incidents=incidents), announce)
+                      incidents=incidents, emergency=emergency), announce)
 
 
 @app.command("twin")

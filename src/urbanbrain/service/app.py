@@ -161,9 +161,10 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
     @app.get("/api/emergency/{vehicle}/route")
     def emergency_route(vehicle: str, who: Annotated[Principal, Depends(principal(POST_EVENTS))]) -> dict[str, Any]:
         """The route the brain planned for a vehicle, for its navigation unit (its device key) or an administrator."""
-        if not who.may_speak_for(vehicle):
-            raise HTTPException(403, f"key {who.name!r} may not read the route of {vehicle!r}")
-        advice = runtime().routes.get(vehicle)
+        try:
+            advice = runtime().route_for(who, vehicle)
+        except PermissionError as exc:
+            raise HTTPException(403, str(exc)) from None
         if advice is None:
             raise HTTPException(404, f"no route planned for {vehicle!r} (is it reporting, en route?)")
         return advice.model_dump()

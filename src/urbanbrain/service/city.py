@@ -247,6 +247,14 @@ class CityRuntime:
                 self._reachability[key] = str(exc)
         return self._reachability[key]
 
+    def route_for(self, principal: Principal, vehicle: str) -> RouteAdvice | None:
+        """The route the brain planned for `vehicle`, read by its navigation unit (a key that
+        speaks for the vehicle) or an administrator; None while none is planned."""
+        if not principal.may_speak_for(vehicle):
+            raise PermissionError(f"key {principal.name!r} may not read the route of {vehicle!r}")
+        with self._lock:
+            return self.routes.get(vehicle)
+
     def emergency_json(self) -> dict[str, Any]:
         """Emergency vehicles under priority, their routes, and the signals held for them."""
         with self._lock:

@@ -3,7 +3,10 @@
 Each simulated second the twin's devices report what they saw; the field sends those
 events to the brain (in-process through the service's own ingress, or over HTTP to
 a brain anywhere) and applies the signal commands it gets back. Either way the
-events cross the same validation and storage as a real city's devices.
+events cross the same validation and storage as a real city's devices. Emergency
+vehicles dispatched in the twin (`emergency`) report through their transponders like
+any device, and their navigation units read the brain's route advice the way a real
+one does (`routes`: `GET /api/emergency/{vehicle}/route`, or its in-process twin).
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from typing import Any
 import httpx
 
 from urbanbrain.core.bus import EventBus
-from urbanbrain.devices.protocol import parse_command
+from urbanbrain.devices.protocol import RouteAdvice, parse_command
 from urbanbrain.network.model import Network
+from urbanbrain.twin.emergency import EmergencyFleet, EmergencyTrip
 from urbanbrain.twin.scenario import Scenario
 from urbanbrain.twin.sumo_twin import Twin
 
 # send(events, commands_after) -> (the (id, command) pairs issued after that id, the
 # cursor for next time); commands_after None: only those issued in answer to these events
 Transport = Callable[[list[dict[str, Any]], int | None], tuple[list[tuple[int, dict[str, Any]]], int]]
+# routes(vehicle) -> the RouteAdvice (as JSON) the brain planned for it, None while none is planned
+RouteSource = Callable[[str], dict[str, Any] | None]
 MAX_UNSENT = 100_000  # events a field keeps while the brain is unreachable (the oldest go first)
 RESEND_BATCH = 5_000
 
@@ -36,7 +42,10 @@ class BrainUnreachable(ConnectionError):
 class TwinField:
     def __init__(self, scenario: Scenario, network: Network, send: Transport, *, seed: int = 1,
                  speed: float = 1.0, horizon_s: float | None = None, tripinfo_path: Path | None = None,
-                 failsafe_s: float = 10.0, world: list | None = None):
+                 failsafe_s: float = 10.0, world: list | None = None, emergency: list[EmergencyTrip] | None = None,
+                 routes: RouteSource | None = None):
+        if emergency and routes is None:
+            raise ValueError("emergency vehicles need a route source: their navigation units read the brain's advice")
         self.scenario = scenario
         self.network = network
         self.send = send
@@ -44,14 +53,20 @@ class TwinField:
         self.end_s = None if horizon_s is None else scenario.begin_s + horizon_s
         self.bus = EventBus()
         self._outbox: list[Any] = []
-        for kind in ("detector", "camera", "controller"):
+        for kind in ("detector", "camera", "controller", "emergency"):
             self.bus.subscribe(kind, self._outbox.append)
         # Like a real device's sequence numbers, the twin's must go on rising when it
         # starts again against the same brain, or its new events would be taken for
         # resends of the last run's: they start from the wall clock in nanoseconds (a
         # run sends far fewer events per device than nanoseconds pass before the next).
+        sequence_base = time.time_ns()
+        self.fleet = EmergencyFleet(network, self.bus, emergency, sequence_base=sequence_base) if emergency else None
+        world = [*(world or []), *([self.fleet] if self.fleet else [])]
         self.twin = Twin(scenario, network, self.bus, seed=seed, tripinfo_path=tripinfo_path, failsafe_s=failsafe_s,
-                         sequence_base=time.time_ns(), world=world)
+                         sequence_base=sequence_base, world=world)
+        self.routes = routes
+        self._en_route: set[str] = set()  # emergency vehicles whose transponders report them en route
+        self._advised: dict[str, dict[str, Any]] = {}  # vehicle -> the latest advice its navigation unit took
         self.last_command: int | None = None  # cursor of the commands applied; None until the brain first answers
         self.unsent: list[dict[str, Any]] = []
         self.dropped = 0  # events lost because the brain stayed unreachable too long (MAX_UNSENT)
@@ -90,6 +105,9 @@ class TwinField:
         apply the commands that come back. An unreachable brain stops nothing: the
         events wait (resent later, the brain drops duplicates) and the controllers'
         fail-safe takes over."""
+        for e in self._outbox:
+            if e.kind == "emergency":
+                (self._en_route.add if e.status == "en_route" else self._en_route.discard)(e.vehicle)
         self.unsent += [e.model_dump(mode="json") for e in self._outbox]
         self._outbox.clear()
         if len(self.unsent) > MAX_UNSENT:
@@ -106,6 +124,22 @@ class TwinField:
             del self.unsent[:len(batch)]
             for _, payload in commands:
                 self.bus.publish(parse_command(payload))
+        self._read_routes()
+
+    def _read_routes(self) -> None:
+        """Each navigation unit of a vehicle en route asks the brain for its route; a new
+        one goes to the vehicle (the fleet follows it from its next road)."""
+        if self.routes is None:
+            return
+        for vehicle in sorted(self._en_route):
+            try:
+                payload = self.routes(vehicle)
+            except BrainUnreachable:
+                self.brain_reachable = False
+                return
+            if payload is not None and payload != self._advised.get(vehicle):
+                self._advised[vehicle] = payload
+                self.bus.publish(RouteAdvice.model_validate(payload))
 
 
 def in_process_transport(runtime, principal) -> Transport:
@@ -115,6 +149,15 @@ def in_process_transport(runtime, principal) -> Transport:
         result = runtime.ingest(events, principal, after)
         return result.commands, result.last_command_id
     return send
+
+
+def in_process_routes(runtime, principal) -> RouteSource:
+    """A navigation unit inside the service's own process, reading the brain's route advice
+    as `GET /api/emergency/{vehicle}/route` does (`CityRuntime.route_for`: the same key check)."""
+    def route(vehicle: str) -> dict[str, Any] | None:
+        advice = runtime.route_for(principal, vehicle)
+        return None if advice is None else advice.model_dump(mode="json")
+    return route
 
 
 def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transport:

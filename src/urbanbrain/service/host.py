@@ -19,11 +19,12 @@ from urbanbrain.incidents.injection import IncidentInjector, random_incidents
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
-from urbanbrain.service.field import TwinField, in_process_transport
+from urbanbrain.service.field import TwinField, in_process_routes, in_process_transport
 from urbanbrain.service.keys import Principal, create_key
 from urbanbrain.service.webhooks import WebhookDispatcher
 from urbanbrain.store import Store
 from urbanbrain.store.store import sqlite_url
+from urbanbrain.twin.emergency import random_trips
 from urbanbrain.twin.scenario import load_scenario
 
 TWIN_PRINCIPAL = Principal("in-process twin", "device", ("*",))
@@ -45,7 +46,15 @@ class HostOptions:
     retention_days: float = 30.0
     webhooks: tuple[str, ...] = ()  # alert subscribers (URLs)
     incidents: int = 0  # twin: random incidents injected over the run (ground truth to DATA_DIR/incidents-truth.jsonl)
+    emergency: int = 0  # twin: random emergency vehicles dispatched over the run (their transponders report to the brain)
     webhook_secret: str | None = None  # device events and decisions older than this are deleted (KPI minutes and audit stay)
+
+
+    def __post_init__(self) -> None:
+        if self.emergency < 0:
+            raise ValueError(f"emergency: the number of emergency vehicles must be 0 or more, got {self.emergency}")
+        if self.emergency and not self.twin:
+            raise ValueError("emergency: vehicles are dispatched in the twin, which --no-twin turns off")
 
 
 def default_data_dir() -> Path:
@@ -124,9 +133,14 @@ class CityHost:
                 injector = IncidentInjector(random_incidents(
                     network, self.options.incidents, seed=self.options.seed, begin_s=scenario.begin_s,
                     horizon_s=self.options.duration_s or 3600.0), network=network, seed=self.options.seed)
+            trips = None
+            if self.options.emergency:  # their transponders report through the ingress; navigation reads the advice
+                trips = random_trips(network, self.options.emergency, seed=self.options.seed, begin_s=scenario.begin_s,
+                                     horizon_s=self.options.duration_s or 3600.0)
             self.field = TwinField(scenario, network, send, seed=self.options.seed, speed=self.options.speed,
                                    horizon_s=self.options.duration_s, failsafe_s=self.options.failsafe_s,
-                                   world=[injector.step] if injector else None)
+                                   world=[injector.step] if injector else None, emergency=trips,
+                                   routes=in_process_routes(runtime, TWIN_PRINCIPAL))
             try:
                 self.field.run(on_start=lambda: setattr(self.service, "twin", "running"))
             finally:

@@ -90,6 +90,7 @@ class EmergencyFleet:
     bus: EventBus
     trips: list[EmergencyTrip]
     records: dict[str, TripRecord] = field(default_factory=dict)
+    sequence_base: int = 0  # first sequence number of each transponder (a field started again must go on rising)
 
     def __post_init__(self) -> None:
         self._due = sorted(self.trips, key=lambda t: t.dispatch_s)
@@ -149,7 +150,7 @@ class EmergencyFleet:
 
     def _report(self, trip: EmergencyTrip, now: float, road: str, lane: str, position: float, speed: float,
                 status: str) -> None:
-        seq = self._seq[trip.vehicle] = self._seq.get(trip.vehicle, -1) + 1
+        seq = self._seq[trip.vehicle] = self._seq.get(trip.vehicle, self.sequence_base - 1) + 1
         self.bus.publish(EmergencyVehicleReport(
             device_id=trip.vehicle, seq=seq, time=now, vehicle=trip.vehicle, service=trip.service,
             priority=trip.priority, edge=road, lane=lane, position_m=max(0.0, position), speed_ms=min(100.0, speed),
