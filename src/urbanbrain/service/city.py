@@ -260,7 +260,9 @@ class CityRuntime:
         with self._lock:
             return {
                 "vehicles": [{"vehicle": v, "service": t.report.service, "priority": t.report.priority,
-                              "edge": t.report.edge, "destination": t.report.destination, "route": t.route[t.index:]}
+                              "status": t.report.status, "time": t.report.time, "edge": t.report.edge,
+                              "lane": t.report.lane, "position_m": t.report.position_m, "speed_ms": t.report.speed_ms,
+                              "destination": t.report.destination, "route": t.route[t.index:]}
                              for v, t in sorted(self.priority.vehicles.items())],
                 "preemptions": [p.to_json() for p in self.priority.preemptions[-200:]],
                 "median_recovery_s": _median(self.priority.recovery_times_s()),

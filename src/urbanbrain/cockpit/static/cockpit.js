@@ -2,7 +2,7 @@
 //
 // Data flow: REST calls (docs/api.md) load the network and an initial snapshot; the
 // /live WebSocket then pushes one `tick` per city second plus `kpi`, `decision` and
-// `alert` messages. Messages only update `state`; drawing happens at most once per
+// `alert` messages; emergency vehicles (/api/emergency) are polled. Messages only update `state`; drawing happens at most once per
 // animation frame (see scheduleRender), because with `--speed 0` the twin can send
 // hundreds of ticks a second and repainting on each would freeze the page.
 //
@@ -17,6 +17,7 @@ const DEVICES_EVERY_MS = 10_000;
 const HEALTH_EVERY_MS = 10_000;
 const PANEL_EVERY_MS = 3_000;
 const ALERTS_EVERY_MS = 30_000;
+const EMERGENCY_EVERY_MS = 2_000;      // emergency vehicles move: their positions are polled often
 const STALE_AFTER_MS = 5_000;          // live feed open but silent this long: say so
 const RECONNECT_MAX_MS = 30_000;
 const KPI_WINDOW_S = 3 * 3600;         // charts show the last three city hours
@@ -49,6 +50,8 @@ const state = {
   alertsLoaded: false,
   selected: null,         // selected intersection id
   selectedAlert: null,    // highlighted alert id (string)
+  emergency: null,        // last /api/emergency answer
+  selectedVehicle: null,  // highlighted emergency vehicle id
   detail: null,           // last GET /api/intersections/{id} of the selection
   detailAt: null,         // city time at which detail.time_in_phase_s was valid
   cityTime: null,
@@ -56,7 +59,7 @@ const state = {
 };
 
 const live = { ws: null, attempts: 0, retryAt: null, retryTimer: null, lastMsgAt: 0, dropped: false };
-const dirty = { markers: new Set(), lanes: false, charts: false, panel: false, alerts: false, devices: false };
+const dirty = { markers: new Set(), lanes: false, charts: false, panel: false, alerts: false, devices: false, emergency: false };
 
 // ---------------------------------------------------------------- small helpers
 
@@ -227,9 +230,11 @@ async function start(key) {
   loadKpis();
   refreshAlerts();
   refreshDevices();
+  refreshEmergency();
   connectLive();
   state.timers.push(
     setInterval(refreshDevices, DEVICES_EVERY_MS),
+    setInterval(refreshEmergency, EMERGENCY_EVERY_MS),
     setInterval(refreshHealth, HEALTH_EVERY_MS),
     setInterval(() => refreshPanel(), PANEL_EVERY_MS),
     setInterval(refreshAlerts, ALERTS_EVERY_MS),
@@ -417,6 +422,7 @@ function scheduleRender() {
     if (dirty.panel) { dirty.panel = false; renderPanelData(); }
     if (dirty.alerts) { dirty.alerts = false; renderAlerts(); renderAlertPins(); }
     if (dirty.devices) { dirty.devices = false; renderDevices(); }
+    if (dirty.emergency) { dirty.emergency = false; renderEmergency(); renderVehicles(); }
   });
 }
 
@@ -543,6 +549,26 @@ async function refreshDevices() {
   }
 }
 
+let emergencyBusy = false;
+async function refreshEmergency() {
+  if (emergencyBusy) return;
+  emergencyBusy = true;
+  try {
+    const data = await api('/api/emergency');
+    showMessage('emergency-message', '');
+    // Re-render only on a change (they are polled every two seconds).
+    if (JSON.stringify(data) !== JSON.stringify(state.emergency)) {
+      state.emergency = data;
+      dirty.emergency = true;
+      scheduleRender();
+    }
+  } catch (err) {
+    if (err.status !== 401) showMessage('emergency-message', failText('emergency vehicles', err));
+  } finally {
+    emergencyBusy = false;
+  }
+}
+
 // ---------------------------------------------------------------- map
 
 const map = {
@@ -555,6 +581,11 @@ const map = {
   pins: new Map(),   // alert id (string) -> {g, x, y}
   pinLayer: null,
   painted: new Map(),// lane id -> queue fraction last painted
+  laneShapes: new Map(), // lane id -> {pts (svg coords), length_m}
+  roadLanes: new Map(),  // edge id -> its lane ids, by index
+  vehicles: new Map(),   // emergency vehicle id (and 'dest:' + id) -> {g, x, y}
+  routeLayer: null,
+  vehicleLayer: null,
 };
 
 /** Network coordinates have y up, SVG y down: every point goes through this. */
@@ -581,6 +612,8 @@ function buildMap(net) {
   map.markers.clear();
   map.painted.clear();
   map.edges.clear();
+  map.laneShapes.clear();
+  map.roadLanes.clear();
 
   const other = s('g', { class: 'lanes-other' });
   const approach = s('g', { class: 'lanes-approach' });
@@ -589,6 +622,12 @@ function buildMap(net) {
     // there is one (alerts name an edge, not a lane).
     const [, edge, index] = /^(.*)_(\d+)$/.exec(lane.id) || [];
     if (edge && (index === '0' || !map.edges.has(edge))) map.edges.set(edge, shapeMiddle(lane.shape));
+    map.laneShapes.set(lane.id, { pts: lane.shape.map(([x, y]) => toSvg(x, y)), length_m: lane.length_m });
+    if (edge) {
+      const lanes = map.roadLanes.get(edge) || [];
+      lanes[Number(index)] = lane.id;
+      map.roadLanes.set(edge, lanes);
+    }
     const pts = lane.shape.map(([x, y]) => toSvg(x, y).join(',')).join(' ');
     const line = s('polyline', { points: pts, class: lane.intersection ? 'lane lane-in' : 'lane lane-out' });
     if (lane.intersection) {
@@ -607,7 +646,9 @@ function buildMap(net) {
     markers.append(m.g);
   }
   map.pinLayer = s('g', { class: 'alert-pins' });   // on top of the intersections
-  svg.append(other, approach, markers, map.pinLayer);
+  map.routeLayer = s('g', { class: 'ev-routes' });  // emergency routes over the lanes, under the markers
+  map.vehicleLayer = s('g', { class: 'ev-vehicles' });
+  svg.append(other, approach, map.routeLayer, markers, map.vehicleLayer, map.pinLayer);
 
   // Fit to the bounds with a margin, keeping the aspect ratio (preserveAspectRatio
   // "meet" centres it), so the city is never stretched.
@@ -621,6 +662,7 @@ function buildMap(net) {
   for (const id of map.markers.keys()) updateMarker(id);
   paintLanes();
   renderAlertPins();
+  renderVehicles();
   if (state.selected) selectIntersection(state.selected, { quiet: true });
 }
 
@@ -750,7 +792,7 @@ function rescaleMarkers() {
   const ctm = map.svg && map.svg.getScreenCTM();
   if (!ctm || !ctm.a) return;
   const k = (1 / ctm.a).toFixed(5);
-  for (const m of [...map.markers.values(), ...map.pins.values()]) m.g.setAttribute('transform', `translate(${m.x} ${m.y}) scale(${k})`);
+  for (const m of [...map.markers.values(), ...map.pins.values(), ...map.vehicles.values()]) m.g.setAttribute('transform', `translate(${m.x} ${m.y}) scale(${k})`);
 }
 
 function zoomAt(factor, cx, cy) {
@@ -801,13 +843,15 @@ function setupMapInteraction() {
   svg.addEventListener('pointerup', endDrag);
   svg.addEventListener('pointercancel', endDrag);
 
-  // Alert pins and intersection markers, by mouse or keyboard.
+  // Alert pins, emergency vehicles and intersection markers, by mouse or keyboard.
   const activate = (target) => {
     const pin = target.closest && target.closest('.alert-pin');
-    const g = !pin && target.closest && target.closest('.marker');
+    const ev = !pin && target.closest && target.closest('.ev-marker');
+    const g = !pin && !ev && target.closest && target.closest('.marker');
     if (pin) selectAlert(pin.dataset.id);
+    else if (ev) selectVehicle(ev.dataset.id);
     else if (g) selectIntersection(g.dataset.id);
-    return Boolean(pin || g);
+    return Boolean(pin || ev || g);
   };
   svg.addEventListener('click', (e) => { if (!justDragged) activate(e.target); });
   svg.addEventListener('keydown', (e) => {
@@ -859,6 +903,16 @@ function buildLegend() {
     pins.map(([a, words]) => h('span', { class: 'legend-item' },
       s('svg', { width: 22, height: 22, viewBox: '-15 -15 30 30', 'aria-hidden': 'true', class: 'legend-svg' }, makeAlertPin(a)), words))),
   box);   // next to the queue ramp, where the first row has room
+
+  // Emergency vehicles and their routes, drawn by the map's own code too.
+  const sample = makeVehicleMarker({ vehicle: 'legend', service: 'ambulance', priority: 1 }, false);
+  $('legend').append(h('div', { class: 'legend-block' }, h('span', { class: 'legend-title' }, 'Emergency'),
+    h('span', { class: 'legend-item' },
+      s('svg', { width: 24, height: 22, viewBox: '-16 -15 32 30', 'aria-hidden': 'true', class: 'legend-svg' }, sample), 'vehicle (A/F/P)'),
+    h('span', { class: 'legend-item' },
+      s('svg', { width: 30, height: 10, 'aria-hidden': 'true' },
+        s('line', { x1: 1, x2: 29, y1: 5, y2: 5, class: 'ev-route-casing' }),
+        s('line', { x1: 1, x2: 29, y1: 5, y2: 5, class: 'ev-route-line' })), 'planned route')));
 }
 
 // ---------------------------------------------------------------- KPI charts
@@ -1310,6 +1364,8 @@ async function acknowledge(id, button) {
 
 // ---------------------------------------------------------------- devices
 
+const DEVICE_KINDS = { emergency: 'transponders' };   // kinds whose plural is not kind + 's'
+
 function renderDevices() {
   const devices = state.devices || [];
   const body = $('devices-body');
@@ -1326,7 +1382,7 @@ function renderDevices() {
   }
   const silent = devices.filter((d) => d.silent).sort((a, b) => (a.last_time ?? 0) - (b.last_time ?? 0));
   const counts = h('ul', { class: 'device-counts' }, [...kinds].sort().map(([kind, k]) => h('li', {},
-    h('span', { class: 'n' }, String(k.total)), ` ${kind}s`,
+    h('span', { class: 'n' }, String(k.total)), ` ${DEVICE_KINDS[kind] ?? `${kind}s`}`,
     k.silent ? h('span', { class: 'warn-text' }, `${k.silent} silent`) : h('span', { class: 'ok-text' }, 'all reporting'))));
   let detail;
   if (!silent.length) {
@@ -1346,6 +1402,171 @@ function renderDevices() {
   body.replaceChildren(counts, detail);
   const list = body.querySelector('.silent-list');
   if (list) list.scrollTop = scrolled;
+}
+
+// ---------------------------------------------------------------- emergency vehicles
+
+const SERVICE_LETTER = { ambulance: 'A', fire: 'F', police: 'P' };
+const statusWords = (status) => String(status ?? '—').replace(/_/g, ' ');
+
+/** Where a polyline (svg coords) is `dist` along it: the point, and the index of the vertex after it. */
+function pointAlong(pts, dist) {
+  for (let i = 1; i < pts.length; i++) {
+    const [a, b] = [pts[i - 1], pts[i]];
+    const seg = Math.hypot(b[0] - a[0], b[1] - a[1]);
+    if (dist <= seg || i === pts.length - 1) {
+      const f = seg ? Math.min(Math.max(dist / seg, 0), 1) : 0;
+      return { p: [a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f], next: i };
+    }
+    dist -= seg;
+  }
+  return { p: pts[0], next: 1 };
+}
+
+const polylineLength = (pts) => pts.slice(1).reduce((sum, p, i) => sum + Math.hypot(p[0] - pts[i][0], p[1] - pts[i][1]), 0);
+
+/** A vehicle's place on its lane (position from the lane's start, as its transponder
+ *  reports it), with what is left of the lane ahead of it; null if the map lacks the lane. */
+function vehiclePlace(v) {
+  const lane = map.laneShapes.get(v.lane);
+  if (!lane || lane.pts.length < 2) return null;
+  const geometric = polylineLength(lane.pts);
+  const share = lane.length_m > 0 ? Math.min(Math.max(v.position_m / lane.length_m, 0), 1) : 0;
+  const { p, next } = pointAlong(lane.pts, share * geometric);
+  return { x: p[0], y: p[1], ahead: [p, ...lane.pts.slice(next)] };
+}
+
+/** A road's centre line: its middle lane's shape (svg coords). */
+function roadLine(edge) {
+  const lanes = (map.roadLanes.get(edge) || []).filter(Boolean);
+  const lane = map.laneShapes.get(lanes[Math.floor(lanes.length / 2)] ?? lanes[0]);
+  return lane ? lane.pts : [];
+}
+
+/** The route still ahead, along the roads: from the vehicle, the rest of its road,
+ *  then each road after it (the junctions between them as straight lines). */
+function routeLine(v, place) {
+  const route = v.route || [];
+  const pts = [];
+  route.forEach((edge, i) => pts.push(...(i === 0 && edge === v.edge && place ? place.ahead : roadLine(edge))));
+  return pts;
+}
+
+/** An emergency vehicle on the map: a rounded badge (not a circle like the
+ *  intersections, nor a triangle or diamond like the alerts) with its service's letter,
+ *  labelled with its id and service. Drawn in screen pixels. */
+function makeVehicleMarker(v, labelled = true) {
+  const service = String(v.service ?? '');
+  const g = s('g', { class: `ev-marker ev-${service}` });
+  g.append(
+    s('rect', { class: 'ev-halo', x: -17, y: -13, width: 34, height: 26, rx: 9 }),
+    s('rect', { class: 'ev-body', x: -13, y: -9, width: 26, height: 18, rx: 6 }),
+    s('text', { class: 'ev-text', 'text-anchor': 'middle', 'dominant-baseline': 'central' },
+      document.createTextNode(`${SERVICE_LETTER[service] ?? '?'}${v.priority ?? ''}`)));
+  if (labelled) {
+    g.append(s('text', { class: 'ev-label', y: 24, 'text-anchor': 'middle' }, document.createTextNode(`${v.vehicle} · ${service}`)));
+  }
+  return g;
+}
+
+function vehicleWords(v) {
+  return `Emergency vehicle ${v.vehicle}: ${v.service}, priority ${v.priority}, ${statusWords(v.status)} on ${v.edge}`
+    + ` to ${v.destination}, ${fmtNum(v.speed_ms * 3.6, 0)} km/h`;
+}
+
+/** Markers and routes of the emergency vehicles under priority. */
+function renderVehicles() {
+  if (!map.vehicleLayer) return;
+  map.vehicles.clear();
+  const routes = [], marks = [];
+  for (const v of state.emergency?.vehicles ?? []) {
+    const place = vehiclePlace(v);
+    const road = map.edges.get(v.edge);
+    if (!place && !road) continue;
+    const [x, y] = place ? [place.x, place.y] : [road.x, road.y];
+    const selected = v.vehicle === state.selectedVehicle;
+    const along = routeLine(v, place);
+    const line = along.map((p) => p.map((c) => c.toFixed(2)).join(',')).join(' ');
+    if (along.length > 1) {
+      routes.push(s('g', { class: `ev-route${selected ? ' selected' : ''}`, 'data-testid': `emergency-route-${v.vehicle}`,
+        'data-vehicle': v.vehicle, 'data-edges': (v.route || []).join(' ') },
+      s('title', {}, document.createTextNode(`Route of ${v.vehicle}: ${(v.route || []).join(' → ')}`)),
+      s('polyline', { class: 'ev-route-casing', points: line }),
+      s('polyline', { class: 'ev-route-line', points: line })));
+      const end = along.at(-1);
+      const dest = s('g', { class: 'ev-dest' }, s('circle', { r: 5 }), s('circle', { r: 1.8, class: 'ev-dest-dot' }));
+      map.vehicles.set(`dest:${v.vehicle}`, { g: dest, x: end[0], y: end[1] });
+      marks.push(dest);
+    }
+    const g = makeVehicleMarker(v);
+    g.prepend(s('title', {}, document.createTextNode(vehicleWords(v))));
+    setAttrs(g, { 'data-testid': `emergency-vehicle-${v.vehicle}`, 'data-id': v.vehicle, 'data-edge': v.edge,
+      tabindex: 0, role: 'button', 'aria-label': vehicleWords(v), 'aria-pressed': String(selected) });
+    g.classList.toggle('selected', selected);
+    map.vehicles.set(v.vehicle, { g, x, y });
+    marks.push(g);
+  }
+  map.routeLayer.replaceChildren(...routes);
+  map.vehicleLayer.replaceChildren(...marks);
+  rescaleMarkers();
+}
+
+function selectVehicle(id, { reveal = false } = {}) {
+  state.selectedVehicle = state.selectedVehicle === id && !reveal ? null : id;
+  renderEmergency();
+  renderVehicles();
+  const m = map.vehicles.get(id);
+  const v = map.view;
+  if (reveal && m && v && !(m.x > v.x && m.x < v.x + v.w && m.y > v.y && m.y < v.y + v.h)) {
+    setView({ ...v, x: m.x - v.w / 2, y: m.y - v.h / 2 });
+  }
+  $('emergency-body').querySelector(`[data-testid="emergency-row-${CSS.escape(id)}"]`)?.scrollIntoView({ block: 'nearest' });
+}
+
+/** The panel: vehicles under priority, the signals held for them now, and how long
+ *  intersections took to recover once a vehicle had passed. */
+function renderEmergency() {
+  const data = state.emergency;
+  if (!data) return;
+  const vehicles = data.vehicles || [];
+  const preemptions = data.preemptions || [];
+  const held = preemptions.filter((p) => p.ended === null || p.ended === undefined);
+  const ended = preemptions.filter((p) => Number.isFinite(p.ended)).length;
+  $('emergency-count').textContent = vehicles.length
+    ? `${vehicles.length} en route / ${held.length} signal${held.length === 1 ? '' : 's'} held` : '';
+
+  const table = vehicles.length ? h('div', { class: 'table-wrap' }, h('table', { class: 'lanes ev-table' },
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Vehicle'), h('th', { scope: 'col' }, 'Service'),
+      h('th', { scope: 'col', title: 'priority: 1 most urgent' }, 'Prio'), h('th', { scope: 'col' }, 'Status'),
+      h('th', { scope: 'col', title: 'the road it is on → its destination' }, 'Road'))),
+    h('tbody', {}, vehicles.map((v) => {
+      const selected = v.vehicle === state.selectedVehicle;
+      return h('tr', { 'data-testid': `emergency-row-${v.vehicle}`, class: selected ? 'selected' : '', 'aria-current': selected ? 'true' : null },
+        h('th', { scope: 'row', title: v.vehicle }, h('button', { type: 'button', class: 'link-btn', title: `Show ${v.vehicle} on the map`,
+          onclick: () => selectVehicle(v.vehicle, { reveal: true }) }, v.vehicle)),
+        h('td', {}, v.service ?? '—'), h('td', {}, v.priority ?? '—'), h('td', {}, statusWords(v.status)),
+        h('td', { class: 'ev-road', title: `${v.edge} → ${v.destination}` }, h('code', {}, v.edge ?? '—'), ` → ${v.destination ?? '—'}`));
+    }))))
+    : h('p', { class: 'empty', 'data-testid': 'emergency-empty' }, 'No emergency vehicle under priority.');
+
+  const heldList = held.length
+    ? h('ul', { class: 'ev-held', 'data-testid': 'emergency-preemptions' }, held.map((p) => h('li', {},
+      h('code', { title: p.intersection }, p.intersection), h('span', {}, ` green ${p.phase} for `), h('strong', {}, p.vehicle),
+      h('time', { class: 'muted', title: 'since (city time)' }, ` since ${fmtClock(p.started)}`))))
+    : h('p', { class: 'empty' }, 'No signal held now.');
+  const median = data.median_recovery_s;
+  replaceKeepingScroll($('emergency-body'), table, h('h3', {}, 'Preemptions in force'), heldList,
+    h('p', { class: 'ev-recovery' }, 'Median recovery after a preemption: ',
+      h('strong', { 'data-testid': 'emergency-median-recovery' }, Number.isFinite(median) ? fmtDuration(median) : '—'),
+      h('span', { class: 'muted' }, ` (${ended} ended)`)));
+}
+
+/** Replace a panel's content, keeping where its table was scrolled to. */
+function replaceKeepingScroll(el, ...children) {
+  const scrolled = el.querySelector('.table-wrap')?.scrollTop ?? 0;
+  el.replaceChildren(...children);
+  const wrap = el.querySelector('.table-wrap');
+  if (wrap) wrap.scrollTop = scrolled;
 }
 
 // ---------------------------------------------------------------- boot
