@@ -182,4 +182,8 @@ def test_run_with_emergency_vehicles_sends_their_reports_through_the_service_and
         assert record.advice >= 1, f"{vehicle} never followed the brain's route"
     assert runtime.priority.preemptions, "no signal was held for the emergency vehicles"
     assert runtime.priority.problems == []
+    arrived = {v for v, r in records.items() if r.arrived_s is not None and runtime.city_time - r.arrived_s > 10}
+    assert arrived, "no vehicle finished its trip more than 10 s before the end"
+    silent = {row["device_id"]: row["silent"] for row in runtime.device_rows()}
+    assert not any(silent[v] for v in arrived), "a transponder whose mission is over is not silent"
     store.close()

@@ -41,8 +41,11 @@ from urbanbrain.store import Store, StoredEvent
 
 _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field controller's own mode
 # A device with no event for this long (city time) is flagged silent: controllers and
-# detector stations report every interval; a camera reports only the vehicles it sees.
-SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0}
+# detector stations report every interval; a camera reports only the vehicles it sees;
+# an emergency vehicle's transponder every second while it is en route, and nothing once
+# its mission is over (arrived, stood down): only a transponder silent en route is
+# (and priority ends for it at the same time, EmergencyPriority's `silent_s`).
+SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0, "emergency": 10.0}
 MAX_AHEAD_S = 60.0  # an event further ahead of the city clock is refused (a wrong clock must not stop the brain)  # a device with no event for this long (city time) is flagged silent
 
 
@@ -117,6 +120,7 @@ class CityRuntime:
         self._minute: _Minute | None = None
         self._listeners: list[Listener] = []
         self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received, events]
+        self._en_route: set[str] = set()  # transponders whose latest report is en route
         for device_id, kind, last_time, received, count in store.device_summary():
             self.devices[device_id] = [kind, last_time, received, count]
         self._last_command_id = store.last_command_id()
@@ -167,6 +171,8 @@ class CityRuntime:
                 entry[1] = e.time  # the clock of its latest event (a twin started again begins at its scenario's begin)
                 entry[2] = received
                 entry[3] += 1
+                if e.kind == "emergency":
+                    (self._en_route.add if e.status == "en_route" else self._en_route.discard)(e.device_id)
             self.bus.publish_all(published)
             reports = [e.time for e in published if e.kind == "controller"]
             if reports:  # the signal controllers' clocks drive the brain: it decides when they report
@@ -430,7 +436,8 @@ class CityRuntime:
             now = self.city_time
             return [{"device_id": d, "kind": kind, "last_time": last, "last_seen_at": received.isoformat()
                      if isinstance(received, datetime) else str(received), "events": count,
-                     "silent": now is not None and now - last > SILENT_AFTER_S.get(kind, 30.0)}
+                     "silent": now is not None and now - last > SILENT_AFTER_S.get(kind, 30.0)
+                     and (kind != "emergency" or d in self._en_route)}
                     for d, (kind, last, received, count) in sorted(self.devices.items())]
 
     def tick_message(self) -> dict[str, Any]:
