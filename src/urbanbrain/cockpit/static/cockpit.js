@@ -1555,16 +1555,20 @@ function renderEmergency() {
       h('time', { class: 'muted', title: 'since (city time)' }, ` since ${fmtClock(p.started)}`))))
     : h('p', { class: 'empty' }, 'No signal held now.');
   const median = data.median_recovery_s;
-  replaceKeepingScroll($('emergency-body'), table, h('h3', {}, 'Preemptions in force'), heldList,
-    h('p', { class: 'ev-recovery' }, 'Median recovery after a preemption: ',
-      h('strong', { 'data-testid': 'emergency-median-recovery' }, Number.isFinite(median) ? fmtDuration(median) : '—'),
-      h('span', { class: 'muted' }, ` (${ended} ended)`)));
+  const recovery = h('p', { class: 'ev-recovery' }, 'Median recovery after a preemption: ',
+    h('strong', { 'data-testid': 'emergency-median-recovery' }, Number.isFinite(median) ? fmtDuration(median) : '—'),
+    h('span', { class: 'muted' }, ` (${ended} ended)`));
+  // With nothing going on, one line (and the recovery figure once there is one), so
+  // that the intersection panel above keeps its room.
+  const quiet = !vehicles.length && !held.length;
+  replaceKeepingScroll($('emergency-body'), table, quiet ? null : h('h3', {}, 'Preemptions in force'), quiet ? null : heldList,
+    quiet && !ended ? null : recovery);
 }
 
 /** Replace a panel's content, keeping where its table was scrolled to. */
 function replaceKeepingScroll(el, ...children) {
   const scrolled = el.querySelector('.table-wrap')?.scrollTop ?? 0;
-  el.replaceChildren(...children);
+  el.replaceChildren(...children.filter(Boolean));
   const wrap = el.querySelector('.table-wrap');
   if (wrap) wrap.scrollTop = scrolled;
 }
