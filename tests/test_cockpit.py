@@ -3,16 +3,20 @@ no browser download), against `urbanbrain run` on the demo city."""
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from test_emergency import report
 from test_service_e2e import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +41,12 @@ def service(tmp_path: Path):
         process.communicate(timeout=60)
 
 
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
 def test_the_cockpit_shows_the_city_live_and_the_operator_switch_works(service):
     from playwright.sync_api import expect, sync_playwright
 
@@ -44,9 +54,7 @@ def test_the_cockpit_shows_the_city_live_and_the_operator_switch_works(service):
     api = httpx.Client(base_url=url, headers={"X-API-Key": key})
     intersections = {row["id"] for row in api.get("/api/intersections").json()}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = launch(playwright)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -84,4 +92,113 @@ def test_the_cockpit_shows_the_city_live_and_the_operator_switch_works(service):
         OUTPUT.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(OUTPUT / "cockpit.png"))
         browser.close()
+    assert not errors, errors
+
+
+def along(shape: list[list[float]], share: float) -> tuple[float, float]:
+    """The point `share` of the way along a lane shape, in the map's svg coordinates (y down)."""
+    segments = [math.dist(a, b) for a, b in zip(shape, shape[1:])]
+    rest = share * sum(segments)
+    for (a, b), length in zip(zip(shape, shape[1:]), segments):
+        if rest <= length:
+            f = rest / length if length else 0.0
+            return a[0] + (b[0] - a[0]) * f, -(a[1] + (b[1] - a[1]) * f)
+        rest -= length
+    return shape[-1][0], -shape[-1][1]
+
+
+def test_the_cockpit_shows_an_emergency_vehicle_its_route_and_the_signal_held_for_it(service):
+    """A transponder reports over HTTP (as a real one would, every second); the cockpit
+    places the vehicle on its lane, draws the route the brain planned along the roads,
+    lists it with the signal held for it, and drops it once its transponder is silent."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from urbanbrain.emergency import RouteError, fastest_route
+    from urbanbrain.network import read_network
+    from urbanbrain.twin.scenario import load_scenario
+
+    url, key = service
+    api = httpx.Client(base_url=url, headers={"X-API-Key": key})
+    lanes = {lane["id"]: lane for lane in api.get("/api/network").json()["lanes"]}
+    network = read_network(load_scenario("demo").net_file)
+
+    def destination(edge: str) -> str | None:
+        for road in sorted(network.roads):
+            try:
+                if len(fastest_route(network, edge, road)) >= 4:
+                    return road
+            except RouteError:
+                continue
+        return None
+
+    # 20 m before a signal's stop line, bound three roads beyond: the brain holds that signal for it
+    lane_id, goal = next((lane, goal) for lane in sorted(lanes) if lanes[lane]["intersection"] and lane.endswith("_0")
+                         and lanes[lane]["length_m"] > 40 and (goal := destination(network.lanes[lane].edge)))
+    lane, edge = lanes[lane_id], network.lanes[lane_id].edge
+    position = lane["length_m"] - 20.0
+    reporting, answers = threading.Event(), []
+    reporting.set()
+
+    def transponder() -> None:
+        seq, clock = 1, api.get("/health").json()["city_time"]
+        while reporting.is_set():
+            answer = api.post("/api/events", json=[report(network, seq=seq, time=clock, edge=edge, lane=lane_id,
+                                                          position_m=position, destination=goal)])
+            answers.append(answer.status_code)
+            clock, seq = answer.json().get("city_time") or clock, seq + 1
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=transponder, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (vehicles := api.get("/api/emergency").json()["vehicles"]) or not vehicles[0]["route"]:
+            assert time.monotonic() < deadline and set(answers) <= {200}, f"no route planned; answers {answers[-3:]}"
+            time.sleep(0.25)
+        route = vehicles[0]["route"]
+        assert route[0] == edge and route[-1] == goal
+        with sync_playwright() as playwright:
+            browser = launch(playwright)
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}/#key={key}")
+            marker = page.get_by_test_id("emergency-vehicle-ev-1")
+            expect(marker).to_have_count(1, timeout=30_000)
+            expect(marker).to_have_attribute("data-edge", edge)
+            expect(marker).to_contain_text("ev-1 · ambulance")
+            x, y = map(float, re.match(r"translate\(([-\d.e]+) ([-\d.e]+)\)", marker.get_attribute("transform")).groups())
+            expected = along(lane["shape"], position / lane["length_m"])
+            assert math.dist((x, y), expected) < 0.5, ((x, y), expected)
+
+            drawn = page.get_by_test_id("emergency-route-ev-1")
+            expect(drawn).to_have_attribute("data-edges", " ".join(route), timeout=10_000)
+            points = [tuple(map(float, p.split(","))) for p in
+                      drawn.locator("polyline.ev-route-line").get_attribute("points").split()]
+            assert math.dist(points[0], expected) < 0.5, "the route starts where the vehicle is"
+            ends = [lanes[k]["shape"][-1] for k in network.roads[goal].lanes]
+            assert min(math.dist(points[-1], (ex, -ey)) for ex, ey in ends) < 0.5, "and ends where its destination road ends"
+            on_roads = {(px, -py) for e in route[1:] for k in network.roads[e].lanes for px, py in lanes[k]["shape"]}
+            assert sum(any(math.dist(p, q) < 0.01 for q in on_roads) for p in points) >= 2 * len(route[1:]), \
+                "drawn along the roads' own shapes"
+
+            row = page.get_by_test_id("emergency-row-ev-1")
+            expect(row).to_contain_text("ambulance")
+            expect(row).to_contain_text("en route")
+            expect(row).to_contain_text(edge)
+            expect(page.get_by_test_id("emergency-preemptions")).to_contain_text(lane["intersection"], timeout=15_000)
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(OUTPUT / "cockpit-emergency.png"))
+
+            reporting.clear()  # the transponder falls silent: priority ends, the vehicle leaves the map
+            thread.join(timeout=10)
+            expect(marker).to_have_count(0, timeout=30_000)
+            expect(drawn).to_have_count(0)
+            expect(page.get_by_test_id("emergency-empty")).to_be_visible()
+            expect(page.get_by_test_id("emergency-panel")).to_contain_text(re.compile(r"\([1-9]\d* ended\)"))
+            expect(page.get_by_test_id("silent-devices")).to_contain_text("ev-1", timeout=30_000)  # lost en route
+            browser.close()
+    finally:
+        reporting.clear()
+    assert set(answers) == {200}, answers
     assert not errors, errors
