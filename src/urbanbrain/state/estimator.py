@@ -22,7 +22,9 @@ lanes of one approach, never out of it.
 
 Feeder roads upstream of a short approach are counted per road (in at its start,
 out at its end); their vehicles count as queued while the queue stands over the
-road's end loop, and that queue is shared among the approach's lanes.
+road's end loop, and that queue is shared among the approach's lanes. A feeder lane
+standing over its start loop is full (on a road at the network's edge, vehicles
+appear beside that loop and are never counted in).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class _Feeder:
     vehicles: float = 0.0
     entries: _Recent = field(default_factory=_Recent)
     standing_s: dict[str, float] = field(default_factory=dict)  # per lane, end loop standing
+    start_standing_s: dict[str, float] = field(default_factory=dict)  # per lane, start loop standing
 
     @property
     def queue(self) -> float:
@@ -239,11 +242,7 @@ class SensorEstimator:
             self._correct(lane, now)
         approaches = {id(self._approach_of[i]): self._approach_of[i] for i in touched}
         for feeder, fed_approaches in fed.values():
-            window = CAP_TRAVEL_FACTOR * feeder.length_m / max(feeder.free_speed_ms, 1.0) + 10.0
-            feeder.entries.forget_before(now - window)
-            feeder.vehicles = max(0.0, feeder.vehicles)
-            if not any(s > 0 for s in feeder.standing_s.values()):
-                feeder.vehicles = min(feeder.vehicles, float(feeder.entries.since(now - window)))
+            self._correct_feeder(feeder, now)
             approaches.update({id(a): a for a in fed_approaches})
         for approach in approaches.values():
             _rebalance(approach.lanes)
@@ -257,13 +256,30 @@ class SensorEstimator:
 
     @staticmethod
     def _on_feeder(feeder: _Feeder, lane: str, position: str, count: int, occupancy: float, now: float, dt: float) -> None:
+        standing = occupancy >= STANDING_OCCUPANCY
         if position == "feeder_in":
             feeder.vehicles += count
             feeder.entries.add(now, count)
+            feeder.start_standing_s[lane] = feeder.start_standing_s.get(lane, 0.0) + dt if standing else 0.0
         else:
             feeder.vehicles -= count
-            standing = occupancy >= STANDING_OCCUPANCY
             feeder.standing_s[lane] = feeder.standing_s.get(lane, 0.0) + dt if standing else 0.0
+
+    @staticmethod
+    def _correct_feeder(feeder: _Feeder, now: float) -> None:
+        """Counting drifts (a vehicle that appears on the road beside its start loop, where
+        the road begins at the network's edge, is never counted in). Occupancy bounds it
+        both ways: a lane standing over its start loop is full up to there (and its queue
+        may reach further back, out of sight); with no queue standing at the end loop,
+        what is on the road entered recently."""
+        window = CAP_TRAVEL_FACTOR * feeder.length_m / max(feeder.free_speed_ms, 1.0) + 10.0
+        feeder.entries.forget_before(now - window)
+        vehicles = max(0.0, feeder.vehicles)
+        full_lanes = sum(1 for s in feeder.start_standing_s.values() if s >= STANDING_S)
+        vehicles = max(vehicles, full_lanes * (feeder.length_m / JAM_SPACING_M - 1.0))
+        if not any(s > 0 for s in feeder.standing_s.values()):
+            vehicles = min(vehicles, float(feeder.entries.since(now - window)))
+        feeder.vehicles = vehicles
 
     def _correct(self, lane: _Lane, now: float) -> None:
         window = CAP_TRAVEL_FACTOR * lane.travel_s + 10.0
