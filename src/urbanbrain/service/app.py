@@ -28,8 +28,8 @@ from urbanbrain.store import Store
 
 COCKPIT = Path(__file__).resolve().parent.parent / "cockpit" / "static"
 MAX_BATCH = 10_000
-LIVE_TICKS_PER_S = 4.0
-KEY_RECHECK_S = 5.0  # how soon a revoked key's open stream is closed  # a twin running faster than real time still sends the cockpit at most this many ticks
+LIVE_TICKS_PER_S = 4.0  # a twin running faster than real time still sends the cockpit at most this many ticks
+KEY_RECHECK_S = 5.0  # how soon a revoked key's open stream is closed
 
 
 class ServiceState:

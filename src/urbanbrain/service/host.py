@@ -43,12 +43,11 @@ class HostOptions:
     seed: int = 1
     duration_s: float | None = None
     failsafe_s: float = 10.0  # twin: a field controller runs its own plan after this long without a command
-    retention_days: float = 30.0
+    retention_days: float = 30.0  # device events and decisions older than this are deleted (KPI minutes and audit stay)
     webhooks: tuple[str, ...] = ()  # alert subscribers (URLs)
     incidents: int = 0  # twin: random incidents injected over the run (ground truth to DATA_DIR/incidents-truth.jsonl)
     emergency: int = 0  # twin: random emergency vehicles dispatched over the run (their transponders report to the brain)
-    webhook_secret: str | None = None  # device events and decisions older than this are deleted (KPI minutes and audit stay)
-
+    webhook_secret: str | None = None  # signs webhook bodies (HMAC-SHA256)
 
     def __post_init__(self) -> None:
         if self.emergency < 0:
