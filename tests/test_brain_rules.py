@@ -120,3 +120,18 @@ def test_no_gridlock_on_cologne3_over_seeds():
         brain, fixed = results[seed, "brain"], results[seed, "fixed"]
         assert brain.kpis.total_delay_s < fixed.kpis.total_delay_s, f"seed {seed}"
         assert brain.longest_stop_s <= 120, f"seed {seed}"
+
+
+def test_the_next_green_is_the_one_that_sends_most_vehicles_per_second():
+    """hangzhou_1x1_qc-yn: phase 2 serves two lanes holding 5 vehicles each (both cross
+    in the time of 5), phase 3 one lane holding 12 (12 saturation headways): serving 2
+    first saves waiting, although 3 has more vehicles; the rejected heavier phase is named."""
+    network = read_network(load_scenario(scenario_cfg("hangzhou_1x1_qc-yn_18041608_1h")).net_file)
+    brain = BrainController(network)
+    lanes = {"road_0_1_0_1": LaneState(vehicles=5, queue=5), "road_2_1_2_1": LaneState(vehicles=5, queue=5),
+             "road_1_0_1_1": LaneState(vehicles=12, queue=12)}
+    state = CityState(source="sensors", time=100.0, lanes=lanes)
+    state.signals["intersection_1_1"] = SignalStatus("GGrrrrrrGGrrrrrr", 1, 30.0, "remote", 100.0)
+    decisions = [d for d in brain.decide(state, 100.0) if not d.keep]
+    assert [d.phase for d in decisions] == [2]
+    assert "more than 3: 12.0 veh" in decisions[0].reason

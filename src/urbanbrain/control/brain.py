@@ -11,6 +11,10 @@ network best, from what the device path can tell:
   whose out-lanes are nearly full gets no weight, because feeding a link about to
   spill back only blocks the junction upstream (measured, that blocking rule does
   better than max-pressure's subtraction of out-lane counts, whose weight is 0);
+- the green to change to is the waiting phase that sends the most vehicles across per
+  second of the green and change it needs (its queue over start-up, a saturation
+  headway per vehicle of its longest lane and the change interval: Smith's rule, which
+  orders jobs to least total waiting): two lanes of five go before one lane of twelve;
 - while the current green still discharges a queue, a change must gain more than a
   hysteresis plus the vehicles this green would have sent across during the change
   interval (so saturated approaches get long greens, not a change every few seconds);
@@ -247,10 +251,17 @@ class BrainController:
         others = {k: w for k, w in weights.items() if k != current}
         if not others:
             return None
-        best = max(others, key=lambda k: others[k])
+        # Of the waiting phases, the one that sends the most vehicles across per second
+        # of green and change it needs (Smith's rule: fewest vehicle-seconds of waiting).
+        change_s = self._change_s[intersection_id]
+        rates = {k: others[k] / (self._clear_s(demands[k]) + change_s) for k in others}
+        best = max(rates, key=lambda k: rates[k])
         if weights[best] < self.settings.min_demand_veh:
             return None
-        change_s = self._change_s[intersection_id]
+        heaviest = max(others, key=lambda k: others[k])
+        chosen = ("" if heaviest == best or others[heaviest] == others[best] else
+                  f" ({best} sends {rates[best]:.2f} veh/s, more than {heaviest}: {others[heaviest]:.1f} veh "
+                  f"at {rates[heaviest]:.2f} veh/s)")
         if weights[current] >= 0.5:
             # Still discharging a queue: a change must gain more than the hysteresis plus
             # what this green would have sent across during the change interval.
@@ -261,12 +272,12 @@ class BrainController:
                                      f"keep {current}: queue {weights[current]:.1f} veh + change cost {cost:.1f} >= "
                                      f"{weights[best]:.1f} veh waiting for {best}", weights, keep=True)
             reason = (f"switch {current} -> {best}: queue {weights[best]:.1f} veh > {weights[current]:.1f} "
-                      f"+ change cost {cost:.1f}")
+                      f"+ change cost {cost:.1f}{chosen}")
         else:
             # Queue cleared: give way unless the vehicles about to arrive on this green
             # would lose more, waiting out the red a change causes, than the waiting gain.
             coming = sum(state.lanes[lane].approaching for lane in phases[current].lanes if lane in state.lanes)
-            reason = f"switch {current} -> {best}: queue cleared, {weights[best]:.1f} veh waiting"
+            reason = f"switch {current} -> {best}: queue cleared, {weights[best]:.1f} veh waiting{chosen}"
             if coming >= 0.5:
                 hold_s = self.settings.approach_s + (coming - 1) * self.settings.headway_s
                 red_s = self._service_s(phases[best], state) + 2 * change_s
@@ -279,10 +290,14 @@ class BrainController:
                            f"{coming:.1f} x {red_s:.0f} s of red for them")
         return PhaseDecision(intersection_id, best, self._initial_s(demands[best]), reason, weights)
 
+    def _clear_s(self, demands: dict[str, float]) -> float:
+        """Time a phase's green needs to send its waiting queue across: start-up plus a
+        saturation headway per vehicle of its longest lane (its lanes discharge side by side)."""
+        return self.settings.startup_s + self.settings.headway_s * max(demands.values(), default=0.0)
+
     def _initial_s(self, demands: dict[str, float]) -> float:
         """Minimum green of a phase about to start, from its lanes' demands (`_demands`):
         long enough for the queue now waiting (start-up plus a saturation headway per
         vehicle of its longest lane), between the minimum green and `max_initial_s`
         (traffic engineers' "variable initial")."""
-        need = self.settings.startup_s + self.settings.headway_s * max(demands.values(), default=0.0)
-        return max(self.settings.min_green_s, min(self.settings.max_initial_s, need))
+        return max(self.settings.min_green_s, min(self.settings.max_initial_s, self._clear_s(demands)))
