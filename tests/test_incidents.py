@@ -72,6 +72,30 @@ def test_an_injected_crash_blocks_its_lane_and_the_truth_stays_off_the_bus(grid_
     assert '"id": "c1"' in (tmp_path / "truth.jsonl").read_text()
 
 
+def test_a_stalled_vehicle_blocks_from_when_it_stops(grid_city: Path):
+    """The truth of a one-vehicle incident starts when that vehicle stands at the place,
+    not when a second vehicle (which only a crash needs) could have come (measured
+    before: always 121 s after the start, so every timely alert was scored false)."""
+    scenario = load_scenario(grid_city)
+    network = read_network(scenario.net_file)
+    edge = sorted(a.edge for i in network.intersections.values() for a in i.approaches
+                  if a.from_intersection is None)[0]
+    injector = IncidentInjector([Incident("s1", "stalled_vehicle", edge, (0,), 60.0, 20.0, 100.0)])
+    session = CitySession(scenario, network, "fixed", horizon_s=300, world=[injector.step])
+    session.start()
+    involved_at = None
+    while not session.done:
+        session.step()
+        record = injector.truth["s1"]
+        if record.vehicles and involved_at is None:
+            involved_at = session.now
+    session.finish()
+    record = injector.truth["s1"]
+    assert involved_at is not None and len(record.vehicles) == 1
+    assert involved_at <= record.blocked_from <= involved_at + 20.0, "it brakes to a stop within seconds"
+    assert record.cleared_at == record.blocked_from + 100.0
+
+
 def test_the_command_line_simulates_chosen_incidents_and_names_bad_ones(grid_city: Path, tmp_path: Path):
     import json
     import subprocess

@@ -167,7 +167,8 @@ class IncidentInjector:
                     self._waiting[self._waiting.index(incident)] = moved
                     record.incident = incident = moved
             record.vehicles += tuple(v for v in self._involve(sumo, incident, record.vehicles) if v not in record.vehicles)
-            if len(record.vehicles) == 2 or (record.vehicles and now - incident.start_s > 120.0):
+            needed = 2 if incident.kind == "crash" else 1
+            if len(record.vehicles) == needed or (record.vehicles and now - incident.start_s > 120.0):
                 self._waiting.remove(incident)  # a crash whose second vehicle never came blocks with one
                 self._active.append(record)
         for record in list(self._active):
