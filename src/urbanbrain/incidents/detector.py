@@ -13,6 +13,13 @@ link, a crash. Plate reads are exact identities, so unlike loop counts they do n
 drift: a count that lost one vehicle would raise a false alarm for ever, a plate
 never read downstream raises it once.
 
+What may be waiting at the signal is counted between each lane's advance and stop-line
+loops, but never above the state estimate where there is one (vehicles changing lanes
+in that stretch, round a stalled vehicle for one, leave a lane's own count too high for
+good, and a stopped vehicle would be explained away). A plate overdue for ten minutes
+beyond its driving time without an alert is forgotten: a read was missed or the vehicle
+left the road (towed, parked), and an alert that late would help nobody.
+
 The alert is resolved when the overdue vehicles are read at the stop line (they drove
 on), or when the link has carried traffic normally again — every vehicle that
 entered after the incident was found arriving in its driving time — for a while
@@ -44,6 +51,7 @@ class DetectorSettings:
     full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam
     recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
     recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
+    stale_s: float = 600.0  # a vehicle overdue this much longer, never alerted, is forgotten (an alert so late helps nobody)
 
 
 @dataclass
@@ -217,6 +225,17 @@ class IncidentDetector:
             return False
         return any(self.state.vehicles(lane) >= self.settings.full_exit * capacity for lane, capacity in approach.exits)
 
+    def _held(self, lane: str, count: int) -> float:
+        """Vehicles that may be waiting on a lane between its advance and stop-line loops:
+        the loops' own count, but no more than the state estimate (queue and vehicles
+        arriving) where there is one: vehicles changing lanes inside that stretch, around
+        a stalled vehicle say, leave one lane's count too high for ever, while the
+        estimator corrects its counts by what occupancy proves."""
+        if self.state is None or lane not in self.state.lanes:
+            return count
+        lane_state = self.state.lanes[lane]
+        return min(count, lane_state.queue + lane_state.approaching)
+
     def _resolve(self, approach: _Approach, now: float) -> None:
         approach.alert.resolved_at = now
         approach.alert = None
@@ -227,12 +246,15 @@ class IncidentDetector:
         s = self.settings
         if approach.alert is not None or now - approach.queue_seen < s.queue_memory_s:
             return
+        for plate in [p for p, (entered, _) in approach.on_way.items() if now - entered > approach.expected_s + s.stale_s]:
+            del approach.on_way[plate]  # explained away so long: read missed, or it left the road (towed, parked)
+            approach.arrived_after.pop(plate, None)
         overdue = [(plate, entered) for plate, (entered, _) in approach.on_way.items()
                    if now - entered > approach.expected_s]
         # As many overdue vehicles as stand before a red (or a green just begun, or a
         # permissive one) may be waiting there; and a jam ahead explains them all.
-        waiting = sum(count for count, green_since in approach.lanes.values()
-                      if green_since is None or now - green_since < s.start_up_s)
+        waiting = round(sum(self._held(lane, count) for lane, (count, green_since) in approach.lanes.items()
+                            if green_since is None or now - green_since < s.start_up_s))
         if len(overdue) <= waiting or self._jam_ahead(approach, now):
             return
         overdue.sort(key=lambda item: item[1])

@@ -1,0 +1,73 @@
+"""The incident detector's rules on hand-made device events of the generated 2x2 grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from urbanbrain.devices.inventory import DeviceLayout, place_devices
+from urbanbrain.devices.protocol import CameraPassage, DetectorReport, LoopReading
+from urbanbrain.incidents.detector import IncidentDetector
+from urbanbrain.network import read_network
+from urbanbrain.state.model import CityState, LaneState
+from urbanbrain.twin.sumo_twin import synthetic_plate
+
+
+def _setup(grid_net: Path, state: CityState | None):
+    network = read_network(grid_net)
+    station = next(s for s in place_devices(network, DeviceLayout()) if s.intersection == "A0")
+    edge = next(a.edge for a in network.intersections["A0"].approaches if a.from_intersection is None)
+    loops = [loop for loop in station.loops if network.lanes[loop.lane].edge == edge]
+    entry_camera = next(station.cameras[loop.detector_id] for loop in loops if loop.position == "entry")
+    return IncidentDetector(network, [station], state=state), station, edge, loops, entry_camera
+
+
+def _second(detector, station, time: float, seq: int, counts: dict[str, int] | None = None, queue: bool = False):
+    """One second of A0's loops: nothing passing unless `counts` (loop id -> vehicles);
+    `queue`: the stop-line loops of the watched approach held occupied."""
+    counts = counts or {}
+    readings = [LoopReading(detector_id=loop.detector_id, lane=loop.lane, position=loop.position,
+                            count=counts.get(loop.detector_id, 0),
+                            occupancy=1.0 if queue and loop.position == "stopline" else 0.0)
+                for loop in station.loops]
+    detector.on_detector(DetectorReport(device_id=station.device_id, seq=seq, time=time, interval_s=1.0, readings=readings))
+
+
+def _enter(detector, camera: str, lane: str, plate: str, time: float, seq: int) -> None:
+    detector.on_camera(CameraPassage(device_id=camera, seq=seq, time=time, lane=lane, speed_ms=10.0,
+                                     plate=synthetic_plate(plate), vehicle_class="car"))
+
+
+def test_a_vehicle_explained_away_for_ten_minutes_is_forgotten_not_alerted(grid_net: Path):
+    """A plate never read at the stop line while a queue stood there the whole time
+    (a missed read, a vehicle towed or parked) must not raise an alert once the queue
+    clears; one that is overdue now does."""
+    detector, station, edge, loops, camera = _setup(grid_net, None)
+    lane = next(loop.lane for loop in loops if loop.position == "entry")
+    approach = detector._entry_camera[camera]
+    _enter(detector, camera, lane, "old", 0.0, 0)
+    late = approach.expected_s + detector.settings.stale_s + 5.0
+    for second in range(1, int(late)):
+        _second(detector, station, float(second), second, queue=True)
+    assert detector.alerts == []
+    _enter(detector, camera, lane, "new", late - approach.expected_s - 20.0, 1)
+    for second in range(int(late), int(late) + 15):
+        _second(detector, station, float(second), second)
+    assert len(detector.alerts) == 1 and detector.alerts[0].evidence["vehicles_stopped"] == 1
+    assert detector.alerts[0].started_at == late - approach.expected_s - 20.0, "the alert is about the new vehicle"
+
+
+def test_a_drifted_lane_count_does_not_explain_a_stopped_vehicle_away(grid_net: Path):
+    """Five vehicles counted in at a red lane's advance loop and never out (they changed
+    lanes around something) would say five may be waiting there; the state estimate,
+    corrected by occupancy, says none are, and then the overdue vehicle is alerted."""
+    for state, alerted in ((None, False), (CityState(source="sensors"), True)):
+        detector, station, edge, loops, camera = _setup(grid_net, state)
+        advance = next(loop for loop in loops if loop.position == "advance")
+        if state is not None:
+            state.lanes = {loop.lane: LaneState() for loop in loops}
+        approach = detector._entry_camera[camera]
+        _second(detector, station, 1.0, 1, counts={advance.detector_id: 5})
+        _enter(detector, camera, advance.lane, "v", 2.0, 0)
+        for second in range(3, int(approach.expected_s) + 10):
+            _second(detector, station, float(second), second)
+        assert bool(detector.alerts) is alerted
