@@ -47,6 +47,16 @@ def launch(playwright):
         "--disable-sync", "--no-first-run"])
 
 
+def _open_cockpit(playwright, url: str, key: str):
+    """A browser on the cockpit at a laptop's screen size; page errors are collected."""
+    browser = launch(playwright)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{url}/#key={key}")
+    return browser, page, errors
+
+
 def test_the_cockpit_shows_the_city_live_and_the_operator_switch_works(service):
     from playwright.sync_api import expect, sync_playwright
 
@@ -54,11 +64,7 @@ def test_the_cockpit_shows_the_city_live_and_the_operator_switch_works(service):
     api = httpx.Client(base_url=url, headers={"X-API-Key": key})
     intersections = {row["id"] for row in api.get("/api/intersections").json()}
     with sync_playwright() as playwright:
-        browser = launch(playwright)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{url}/#key={key}")
+        browser, page, errors = _open_cockpit(playwright, url, key)
         expect(page.locator(MARKERS)).to_have_count(len(intersections), timeout=30_000)
         shown = {page.locator(MARKERS).nth(i).get_attribute("data-testid")[len("intersection-"):]
                  for i in range(len(intersections))}
@@ -158,11 +164,7 @@ def test_the_cockpit_shows_an_emergency_vehicle_its_route_and_the_signal_held_fo
         route = vehicles[0]["route"]
         assert route[0] == edge and route[-1] == goal
         with sync_playwright() as playwright:
-            browser = launch(playwright)
-            page = browser.new_page(viewport={"width": 1366, "height": 768})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{url}/#key={key}")
+            browser, page, errors = _open_cockpit(playwright, url, key)
             marker = page.get_by_test_id("emergency-vehicle-ev-1")
             expect(marker).to_have_count(1, timeout=30_000)
             expect(marker).to_have_attribute("data-edge", edge)
