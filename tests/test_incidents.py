@@ -138,3 +138,9 @@ def test_the_score_credits_one_incident_per_alert_and_counts_the_rest_as_false_a
     assert (result.happened, result.detected, result.false_alarms) == (3, 2, 1)
     assert result.median_time_to_detect_s == 60.0 and result.right_link_rate == 1.0
     assert result.false_alarms_per_intersection_hour == 1 / len(network.intersections)
+    # A second incident on a link while the first still stands there: an alert after
+    # it began, other than the one that detected the first, detects it.
+    truth.append(record("d", edges[0], 300.0))
+    result = score("grid", network, truth, alerts, 3600.0)
+    assert (result.happened, result.detected, result.false_alarms) == (4, 3, 1)
+    assert result.median_time_to_detect_s == 70.0  # a: 50, b: 70, d: 100 s

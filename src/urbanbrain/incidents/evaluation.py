@@ -112,22 +112,30 @@ def score(name: str, network: Network, truth: list[TruthRecord], alerts: list[In
         return sorted((a for a in alerts if a.edge in edges and _episode_of(a.id) == episode
                        and record.blocked_from <= a.detected_at <= end), key=lambda a: a.detected_at)
 
-    # One alert detects one incident: first those on an incident's own link (any later
-    # alert there during it is a repeat, not a false alarm), then, for the incidents
-    # still undetected, the earliest alert not yet credited on a link leading into it.
+    # One alert detects one incident: first, in the order the incidents began, the
+    # earliest alert on an incident's own link not credited yet (so a second incident
+    # on a link while the first still stands can be detected by an alert after it
+    # began); any other alert on a link during an incident there is a repeat, not a
+    # false alarm. Then, for the incidents still undetected, the earliest alert not
+    # credited nor a repeat on a link leading into it.
     credited: dict[str, IncidentAlert] = {}
-    explained: set[str] = set()
+    used: set[str] = set()
+    repeats: set[str] = set()
     for record in happened:
-        own = [a for a in during(record, {record.incident.edge}) if a.id not in explained]
-        if own:
-            credited[record.incident.id] = own[0]
-            explained.update(a.id for a in own)
+        own = during(record, {record.incident.edge})
+        repeats.update(a.id for a in own)
+        fresh = [a for a in own if a.id not in used]
+        if fresh:
+            credited[record.incident.id] = fresh[0]
+            used.add(fresh[0].id)
     for record in happened:
         if record.incident.id not in credited:
-            near = [a for a in during(record, upstream.get(record.incident.edge, set())) if a.id not in explained]
+            near = [a for a in during(record, upstream.get(record.incident.edge, set()))
+                    if a.id not in used and a.id not in repeats]
             if near:
                 credited[record.incident.id] = near[0]
-                explained.add(near[0].id)
+                used.add(near[0].id)
+    explained = used | repeats
     delays = sorted(credited[r.incident.id].detected_at - r.blocked_from for r in happened if r.incident.id in credited)
     right = sum(1 for r in happened if r.incident.id in credited and credited[r.incident.id].edge == r.incident.edge)
     false_alarms = sum(1 for a in alerts if a.id not in explained)
