@@ -59,13 +59,13 @@ def test_an_injected_crash_blocks_its_lane_and_the_truth_stays_off_the_bus(grid_
     while not session.done:
         session.step()
         record = injector.truth["c1"]
-        if record.blocked_from is not None and record.cleared_at is None:
+        if record.complete_from is not None and record.cleared_at is None:
             positions = [session.twin.sumo.vehicle.getLanePosition(v) for v in record.vehicles]
             stood.append(max(abs(p - 60.0) for p in positions))
     session.finish()
     record = injector.truth["c1"]
-    assert record.blocked_from is not None and record.blocked_from >= 20.0
-    assert record.cleared_at == record.blocked_from + 300.0
+    assert record.blocked_from is not None and 20.0 <= record.blocked_from <= record.complete_from
+    assert record.cleared_at == record.complete_from + 300.0, "it lasts its duration once both vehicles stand"
     assert len(record.vehicles) == 2 and max(stood) <= 9.0, "both vehicles stand at the place for the duration"
     assert not any("c1" in repr(event) for event in published), "nothing about the incident itself is published"
     injector.write_truth(tmp_path / "truth.jsonl")
@@ -93,7 +93,7 @@ def test_a_stalled_vehicle_blocks_from_when_it_stops(grid_city: Path):
     record = injector.truth["s1"]
     assert involved_at is not None and len(record.vehicles) == 1
     assert involved_at <= record.blocked_from <= involved_at + 20.0, "it brakes to a stop within seconds"
-    assert record.cleared_at == record.blocked_from + 100.0
+    assert record.complete_from == record.blocked_from and record.cleared_at == record.blocked_from + 100.0
 
 
 def test_the_command_line_simulates_chosen_incidents_and_names_bad_ones(grid_city: Path, tmp_path: Path):

@@ -50,16 +50,20 @@ class Incident:
 
 @dataclass
 class TruthRecord:
-    """What really happened (for the evaluation): when the blocking vehicles stood in place."""
+    """What really happened (for the evaluation): from when the lane was blocked (the first
+    of the incident's vehicles stood in place: a crash's second vehicle comes along
+    seconds later, the lane is blocked already), and when it was cleared (its duration
+    after all of its vehicles stood)."""
 
     incident: Incident
     blocked_from: float | None = None
+    complete_from: float | None = None  # all of its vehicles stood in place
     cleared_at: float | None = None
     vehicles: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {**asdict(self.incident), "lanes": list(self.incident.lanes), "blocked_from": self.blocked_from,
-                "cleared_at": self.cleared_at, "vehicles": list(self.vehicles)}
+                "complete_from": self.complete_from, "cleared_at": self.cleared_at, "vehicles": list(self.vehicles)}
 
 
 def validate(incident: Incident, network: Network) -> None:
@@ -171,10 +175,13 @@ class IncidentInjector:
             if len(record.vehicles) == needed or (record.vehicles and now - incident.start_s > 120.0):
                 self._waiting.remove(incident)  # a crash whose second vehicle never came blocks with one
                 self._active.append(record)
-        for record in list(self._active):
-            if record.blocked_from is None and all(_stopped(sumo, v) for v in record.vehicles):
+        for record in self.truth.values():
+            if record.blocked_from is None and any(_stopped(sumo, v) for v in record.vehicles):
                 record.blocked_from = now
-            if record.blocked_from is not None and now >= record.blocked_from + record.incident.duration_s:
+        for record in list(self._active):
+            if record.complete_from is None and all(_stopped(sumo, v) for v in record.vehicles):
+                record.complete_from = now
+            if record.complete_from is not None and now >= record.complete_from + record.incident.duration_s:
                 for vehicle in record.vehicles:
                     try:
                         sumo.vehicle.remove(vehicle)
