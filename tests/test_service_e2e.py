@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from urbanbrain.bench.session import CitySession
 from urbanbrain.network import read_network
@@ -161,3 +162,61 @@ def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_
     assert all(modes[t] == {"fallback"} for t in modes if killed_at + 11 <= t < restarted_at)
     assert modes[restarted_at + 15] == {"remote"}, "control resumes once the brain is back"
     assert field.unsent == [], "the events of the outage were delivered after the restart"
+
+
+def test_the_twin_over_http_dispatches_emergency_vehicles_that_follow_the_brains_routes(grid_city: Path, tmp_path: Path):
+    """`urbanbrain twin --emergency 2`: the transponders' reports go over HTTP and are
+    stored like every device event; each navigation unit reads its route from
+    `GET /api/emergency/{vehicle}/route` and the vehicle follows it."""
+    from urbanbrain.service.field import http_routes
+    from urbanbrain.service.host import open_store
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin")
+    try:
+        wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
+        keys = {}
+        for name, device in (("twin", "*"), ("one-detector", "det-1")):
+            made = subprocess.run([*CLI, "keys", "create", name, "--role", "device", "--device", device,
+                                   "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+            assert made.returncode == 0, made.stderr
+            keys[name] = made.stdout.split(": ")[1].split()[0]
+        assert http_routes(url, keys["twin"])("ev-1") is None, "404: no route planned yet"
+        with pytest.raises(RuntimeError, match="403"):  # a key that does not speak for the vehicle
+            http_routes(url, keys["one-detector"])("ev-1")
+        out = tmp_path / "twin.json"
+        field = subprocess.run([*CLI, "twin", "--brain", url, "--scenario", str(grid_city), "--speed", "0",
+                                "--duration", "240", "--seed", "3", "--emergency", "2", "--json", str(out)],
+                               capture_output=True, text=True, timeout=300, env={**os.environ, "URBANBRAIN_KEY": keys["twin"]})
+        assert field.returncode == 0, field.stderr
+        admin = httpx.Client(base_url=url, headers={"X-API-Key": (tmp_path / "admin.key").read_text().strip()})
+        devices = {d["device_id"]: d for d in admin.get("/api/devices").json()}
+        routes = {v: admin.get(f"/api/emergency/{v}/route") for v in ("ev-1", "ev-2")}
+    finally:
+        stop(service)
+    vehicles = {v["vehicle"]: v for v in json.loads(out.read_text())["emergency"]}
+    assert sorted(vehicles) == ["ev-1", "ev-2"]
+    store = open_store(tmp_path, None)
+    try:
+        for vehicle, seen in vehicles.items():
+            assert devices[vehicle]["kind"] == "emergency" and devices[vehicle]["events"] >= 10
+            stored = [json.loads(e.payload) for e in store.events(vehicle, limit=10_000)]
+            assert len(stored) == devices[vehicle]["events"] and {e["kind"] for e in stored} == {"emergency"}
+            assert routes[vehicle].status_code == 200, routes[vehicle].text
+            advice = routes[vehicle].json()
+            assert advice["edges"][-1] == stored[0]["destination"]
+            assert seen["routes_followed"] >= 1, f"{vehicle} never followed the brain's route"
+            last = [e["edge"] for e in stored if e["status"] == "en_route"][-1]
+            assert last in advice["edges"], "it drove on the brain's latest route"
+        assert any(seen["arrived_s"] is not None for seen in vehicles.values()), "no vehicle finished its trip"
+    finally:
+        store.close()
+
+
+def test_http_routes_raise_brain_unreachable_when_no_brain_answers():
+    from urbanbrain.service.field import BrainUnreachable, http_routes
+
+    route = http_routes(f"http://127.0.0.1:{free_port()}", "ub_none", timeout_s=1.0)  # a closed port
+    with pytest.raises(BrainUnreachable, match="127.0.0.1"):
+        route("ev-1")

@@ -214,19 +214,29 @@ def twin_field(
     seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the run's KPIs (measured in SUMO) as JSON here")] = None,
     failsafe: Annotated[float, typer.Option(min=1, help="a signal controller runs its own plan after this many seconds without a command")] = 10.0,
+    emergency: Annotated[int, typer.Option(min=0, max=200, help="dispatch this many random emergency vehicles over the run (or the first hour); they report to the brain and follow the routes it plans (the key must speak for them: a device key for '*' or an admin key)")] = 0,
 ) -> None:
     """The twin as a separate field: its devices post events to a brain over HTTP and apply its commands."""
     from dataclasses import asdict
 
     from urbanbrain.kpi.metrics import trip_kpis
-    from urbanbrain.service.field import TwinField, http_transport
+    from urbanbrain.service.field import TwinField, http_routes, http_transport
+    from urbanbrain.twin.emergency import random_trips
 
     loaded, network = _load(scenario)
+    trips = None
+    if emergency:  # seeded like `run --emergency`: the same vehicles for the same scenario, seed and duration
+        try:
+            trips = random_trips(network, emergency, seed=seed, begin_s=loaded.begin_s, horizon_s=duration or 3600.0)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--emergency") from None
     with tempfile.TemporaryDirectory(prefix="urbanbrain-twin-") as tmp:
         tripinfo = Path(tmp) / "tripinfo.xml"
         field = TwinField(loaded, network, http_transport(brain, key), seed=seed, speed=speed, horizon_s=duration,
-                          tripinfo_path=tripinfo, failsafe_s=failsafe)
-        console.print(f"twin of {loaded.name}: its devices post to {brain}")
+                          tripinfo_path=tripinfo, failsafe_s=failsafe, emergency=trips,
+                          routes=http_routes(brain, key) if trips else None)
+        console.print(f"twin of {loaded.name}: its devices post to {brain}"
+                      + (f"; {emergency} emergency vehicles read their routes from it" if trips else ""))
         try:
             field.run()
         except KeyboardInterrupt:
@@ -234,9 +244,18 @@ def twin_field(
         kpis = trip_kpis(tripinfo, field.twin.now)
     console.print(f"{loaded.name}: {kpis.scheduled} vehicles scheduled, {kpis.throughput} arrived, "
                   f"total delay {kpis.total_delay_s:.1f} s/veh, travel time {kpis.att_s:.1f} s (measured in SUMO)")
+    vehicles = []
+    for trip in trips or []:
+        record = field.fleet.records.get(trip.vehicle)
+        vehicles.append({"vehicle": trip.vehicle, "service": trip.service, "dispatch_s": trip.dispatch_s,
+                         "arrived_s": record.arrived_s if record else None, "routes_followed": record.advice if record else 0})
+        state = ("not dispatched" if record is None else "en route" if record.arrived_s is None
+                 else f"arrived after {record.travel_s(field.twin.now):.0f} s")
+        console.print(f"{trip.vehicle} ({trip.service}): {state}, followed {vehicles[-1]['routes_followed']} "
+                      "route(s) from the brain")
     if json_path:
-        report.write_json({"scenario": loaded.name, "until_s": field.twin.now, "brain": brain, "kpis": asdict(kpis)},
-                          json_path)
+        report.write_json({"scenario": loaded.name, "until_s": field.twin.now, "brain": brain, "kpis": asdict(kpis),
+                           **({"emergency": vehicles} if trips else {})}, json_path)
 
 
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents injected into the twin (ground truth kept apart).")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -179,3 +180,27 @@ def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transpor
         answer = response.json()
         return [(c["id"], c["command"]) for c in answer["commands"]], answer["last_command_id"]
     return send
+
+
+def http_routes(brain_url: str, key: str, timeout_s: float = 5.0) -> RouteSource:
+    """A navigation unit reading the brain's route advice over HTTP
+    (`GET /api/emergency/{vehicle}/route` with the field's key, which must speak for the
+    vehicle: a device key for '*' or an admin key). No route planned yet (404) is None;
+    no answer (or a server error) raises `BrainUnreachable`, and the unit asks again
+    next second; a refusal (bad key, a key that may not read the vehicle's route) is a
+    configuration error and stops the field with the brain's explanation."""
+    client = httpx.Client(base_url=brain_url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout_s)
+
+    def route(vehicle: str) -> dict[str, Any] | None:
+        try:
+            response = client.get(f"/api/emergency/{quote(vehicle, safe='')}/route")
+        except httpx.TransportError as exc:
+            raise BrainUnreachable(f"brain at {brain_url}: {exc}") from None
+        if response.status_code >= 500:
+            raise BrainUnreachable(f"brain at {brain_url}: {response.status_code}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RuntimeError(f"brain refused the route of {vehicle!r}: {response.status_code} {response.text[:500]}")
+        return response.json()
+    return route
