@@ -42,6 +42,8 @@ def test_bad_arguments_are_named(tmp_path: Path):
     assert out.returncode == 2 and "--emergency" in out.stderr and "greater than or equal to 0" in out.stderr
     out = urbanbrain("run", "--no-twin", "--emergency", "2", "--data-dir", str(tmp_path / "data"))
     assert out.returncode == 2 and "--no-twin" in out.stderr
+    out = urbanbrain("run", "--incidents", "2", "--duration", "300", "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 2 and "--incidents" in out.stderr and "at least 360" in out.stderr
     out = urbanbrain("twin", "--brain", "http://127.0.0.1:9", "--key", "ub_x", "--emergency", "-1")
     assert out.returncode == 2 and "--emergency" in out.stderr and "greater than or equal to 0" in out.stderr
     assert not (tmp_path / "data").exists(), "refused before the service starts"

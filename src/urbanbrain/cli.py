@@ -15,6 +15,7 @@ from urbanbrain.bench import report
 from urbanbrain.bench.runner import RunSpec, run_all
 from urbanbrain.bench.session import OBSERVATIONS
 from urbanbrain.control import CONTROLLERS
+from urbanbrain.incidents.injection import MIN_HORIZON_S
 from urbanbrain.network import read_network
 from urbanbrain.twin.scenario import load_scenario
 
@@ -186,6 +187,9 @@ def run(
     if emergency and not twin:
         raise typer.BadParameter("emergency vehicles are dispatched in the twin, which --no-twin turns off",
                                  param_hint="--emergency")
+    if incidents and duration is not None and duration < MIN_HORIZON_S:
+        raise typer.BadParameter(f"random incidents last 5 to 30 minutes: the run needs a --duration of at least "
+                                 f"{MIN_HORIZON_S:g} s, not {duration:g}", param_hint="--incidents")
     if scenario != "demo":
         _load(scenario)  # a bad scenario is named before the service starts
 

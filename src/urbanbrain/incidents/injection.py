@@ -21,6 +21,7 @@ from urbanbrain.network.model import Network
 Kind = Literal["stalled_vehicle", "crash"]
 KINDS: tuple[Kind, ...] = ("stalled_vehicle", "crash")
 MIN_DURATION_S, MAX_DURATION_S = 300.0, 1800.0
+MIN_HORIZON_S = MIN_DURATION_S + 60.0  # a run shorter than this has no room for a random incident
 EDGE_MARGIN_M = 15.0  # not at the very ends of a lane (inside the junction's box or on its exit)
 
 
@@ -104,7 +105,7 @@ def random_incidents(network: Network, count: int, *, seed: int, begin_s: float,
                     if min(network.lanes[lane].length_m for lane in a.lanes) >= 2 * EDGE_MARGIN_M + 10})
     if not edges:
         raise IncidentError(f"network {network.name!r} has no approach long enough for an incident")
-    if horizon_s < MIN_DURATION_S + 60:
+    if horizon_s < MIN_HORIZON_S:
         raise IncidentError(f"a horizon of {horizon_s:g} s is too short for incidents of at least {MIN_DURATION_S:g} s")
     incidents: list[Incident] = []
     busy: dict[str, list[tuple[float, float]]] = {}
