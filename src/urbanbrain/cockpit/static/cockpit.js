@@ -510,64 +510,52 @@ function addKpis(rows) {
   scheduleRender();
 }
 
-let alertsBusy = false;
-async function refreshAlerts() {
-  if (alertsBusy) return;
-  alertsBusy = true;
-  try {
-    const rows = await api('/api/alerts');
-    const fresh = new Map(rows.map((a) => [a.id, a]));
-    showMessage('alerts-message', '');
-    // Re-render only on a change, so a focused button is not replaced under the user.
-    if (!state.alertsLoaded || JSON.stringify([...fresh]) !== JSON.stringify([...state.alerts])) {
-      state.alerts = fresh;
-      state.alertsLoaded = true;
-      dirty.alerts = true;
-      scheduleRender();
+/** A refresh that sends one request at a time (a slow answer is not asked for again
+ *  meanwhile): `apply` takes the answer; a failure, unless the key has expired (sign-out
+ *  handles that), goes to the panel's message line, then `onFail` runs. */
+function poller(path, messageId, what, apply, onFail = () => {}) {
+  let busy = false;
+  return async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const data = await api(path);
+      showMessage(messageId, '');
+      apply(data);
+    } catch (err) {
+      if (err.status !== 401) showMessage(messageId, failText(what, err));
+      onFail();
+    } finally {
+      busy = false;
     }
-  } catch (err) {
-    if (err.status !== 401) showMessage('alerts-message', failText('alerts', err));
-  } finally {
-    alertsBusy = false;
-  }
+  };
 }
 
-let devicesBusy = false;
-async function refreshDevices() {
-  if (devicesBusy) return;
-  devicesBusy = true;
-  try {
-    state.devices = await api('/api/devices');
-    showMessage('devices-message', '');
-    dirty.devices = true;
+const refreshAlerts = poller('/api/alerts', 'alerts-message', 'alerts', (rows) => {
+  const fresh = new Map(rows.map((a) => [a.id, a]));
+  // Re-render only on a change, so a focused button is not replaced under the user.
+  if (!state.alertsLoaded || JSON.stringify([...fresh]) !== JSON.stringify([...state.alerts])) {
+    state.alerts = fresh;
+    state.alertsLoaded = true;
+    dirty.alerts = true;
     scheduleRender();
-  } catch (err) {
-    if (err.status !== 401) showMessage('devices-message', failText('devices', err));
-    if (!state.devices) $('devices-body').replaceChildren();
-  } finally {
-    devicesBusy = false;
   }
-}
+});
 
-let emergencyBusy = false;
-async function refreshEmergency() {
-  if (emergencyBusy) return;
-  emergencyBusy = true;
-  try {
-    const data = await api('/api/emergency');
-    showMessage('emergency-message', '');
-    // Re-render only on a change (they are polled every two seconds).
-    if (JSON.stringify(data) !== JSON.stringify(state.emergency)) {
-      state.emergency = data;
-      dirty.emergency = true;
-      scheduleRender();
-    }
-  } catch (err) {
-    if (err.status !== 401) showMessage('emergency-message', failText('emergency vehicles', err));
-  } finally {
-    emergencyBusy = false;
+const refreshDevices = poller('/api/devices', 'devices-message', 'devices', (rows) => {
+  state.devices = rows;
+  dirty.devices = true;
+  scheduleRender();
+}, () => { if (!state.devices) $('devices-body').replaceChildren(); });
+
+const refreshEmergency = poller('/api/emergency', 'emergency-message', 'emergency vehicles', (data) => {
+  // Re-render only on a change (they are polled every two seconds).
+  if (JSON.stringify(data) !== JSON.stringify(state.emergency)) {
+    state.emergency = data;
+    dirty.emergency = true;
+    scheduleRender();
   }
-}
+});
 
 // ---------------------------------------------------------------- map
 
