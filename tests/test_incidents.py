@@ -96,6 +96,27 @@ def test_a_stalled_vehicle_blocks_from_when_it_stops(grid_city: Path):
     assert record.complete_from == record.blocked_from and record.cleared_at == record.blocked_from + 100.0
 
 
+def test_an_incident_never_takes_a_vehicle_another_incident_stopped(grid_city: Path):
+    """A second incident placed ahead of a vehicle that already stands for the first
+    must take another vehicle: reusing it made a phantom incident that began at once
+    and ended when the first one's vehicle was towed (seen in the bench truth)."""
+    scenario = load_scenario(grid_city)
+    network = read_network(scenario.net_file)
+    edge = sorted(a.edge for i in network.intersections.values() for a in i.approaches
+                  if a.from_intersection is None)[0]
+    first = Incident("s1", "stalled_vehicle", edge, (0,), 60.0, 20.0, 300.0)
+    second = Incident("s2", "stalled_vehicle", edge, (0,), 110.0, 120.0, 300.0)
+    injector = IncidentInjector([first, second])
+    session = CitySession(scenario, network, "fixed", horizon_s=300, world=[injector.step])
+    session.start()
+    while not session.done:
+        session.step()
+    session.finish()
+    one, two = injector.truth["s1"], injector.truth["s2"]
+    assert one.blocked_from is not None and one.blocked_from < 120.0, "the first stands before the second starts"
+    assert not set(one.vehicles) & set(two.vehicles)
+
+
 def test_the_command_line_simulates_chosen_incidents_and_names_bad_ones(grid_city: Path, tmp_path: Path):
     import json
     import subprocess
