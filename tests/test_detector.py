@@ -71,3 +71,27 @@ def test_a_drifted_lane_count_does_not_explain_a_stopped_vehicle_away(grid_net: 
         for second in range(3, int(approach.expected_s) + 10):
             _second(detector, station, float(second), second)
         assert bool(detector.alerts) is alerted
+
+
+def test_a_long_jam_ahead_explains_the_delay_until_it_clears(grid_net: Path):
+    """While the exits are full every vehicle on the link is held back; when a jam that
+    lasted longer than the link's expected time eases, its vehicles are all late at
+    once and must get their driving time again before one counts as stopped (the demo
+    city's bench alerted 27 "stopped" vehicles the second such a jam eased). A jam
+    shorter than that cannot make a vehicle overdue by itself and changes nothing."""
+    for jam_factor, first_alert in ((1.5, "after the jam"), (0.5, "in time")):
+        state = CityState(source="sensors")
+        detector, station, edge, loops, camera = _setup(grid_net, state)
+        approach = detector._entry_camera[camera]
+        state.lanes = {loop.lane: LaneState() for loop in loops}
+        lane = next(loop.lane for loop in loops if loop.position == "entry")
+        _enter(detector, camera, lane, "v", 2.0, 0)
+        jam_end = 3 + int(jam_factor * approach.expected_s)
+        due = (jam_end if first_alert == "after the jam" else 2.0) + approach.expected_s
+        for second in range(3, int(due) + 10):
+            for exit_lane, capacity in approach.exits:
+                state.lanes[exit_lane] = LaneState(vehicles=capacity if second < jam_end else 0.0)
+            _second(detector, station, float(second), second)
+            if second < due - 2:
+                assert detector.alerts == [], f"{first_alert}: alerted at {second} s, due {due:.0f} s"
+        assert len(detector.alerts) == 1, first_alert

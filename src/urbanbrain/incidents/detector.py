@@ -7,7 +7,9 @@ arrives within the time it takes to drive the link, plus the wait in the queue a
 red. So when a vehicle is overdue (well past the driving time) and nothing at the
 stop line explains it — no stop-line loop held occupied by a queue, no more overdue
 vehicles than a red (or yielding) lane holds, no exit lane full back to its start —
-nothing explains where it is but that it has stopped on the link:
+nothing explains where it is but that it has stopped on the link (after a jam ahead that
+lasted longer than the link's expected time, which holds back every vehicle on it, the
+clock of each starts again when the jam eases):
 broken down, or crashed — if more than one vehicle is overdue together on the same
 link, a crash. Plate reads are exact identities, so unlike loop counts they do not
 drift: a count that lost one vehicle would raise a false alarm for ever, a plate
@@ -82,6 +84,8 @@ class _Approach:
     entries: int = 0
     arrived_after: dict[str, int] = field(default_factory=dict)  # plate -> later entrants arrived
     queue_seen: float = float("-inf")
+    jam_seen: float = float("-inf")  # last time a long jam ahead held the approach back
+    jam_since: float | None = None  # the jam ahead now holding it back began then
     lanes: dict[str, list] = field(default_factory=dict)  # lane -> [vehicles between advance and stop line, protected green since]
     exits: tuple[tuple[str, float], ...] = ()  # (exit lane, its standing capacity in vehicles)
     alert: IncidentAlert | None = None
@@ -244,18 +248,30 @@ class IncidentDetector:
 
     def _check(self, approach: _Approach, now: float) -> None:
         s = self.settings
-        if approach.alert is not None or now - approach.queue_seen < s.queue_memory_s:
+        if approach.alert is not None:
+            return
+        if self._jam_ahead(approach, now):
+            if approach.jam_since is None:
+                approach.jam_since = now
+            if now - approach.jam_since >= approach.expected_s:
+                approach.jam_seen = now
+            return
+        approach.jam_since = None
+        if now - approach.queue_seen < s.queue_memory_s:
             return
         for plate in [p for p, (entered, _) in approach.on_way.items() if now - entered > approach.expected_s + s.stale_s]:
             del approach.on_way[plate]  # explained away so long: read missed, or it left the road (towed, parked)
             approach.arrived_after.pop(plate, None)
+        # A jam ahead explains any delay until it clears; from then on each vehicle has
+        # its driving time again (else a long jam's vehicles, late by many minutes, would
+        # all be "stopped" the moment it eases).
         overdue = [(plate, entered) for plate, (entered, _) in approach.on_way.items()
-                   if now - entered > approach.expected_s]
+                   if now - max(entered, approach.jam_seen) > approach.expected_s]
         # As many overdue vehicles as stand before a red (or a green just begun, or a
-        # permissive one) may be waiting there; and a jam ahead explains them all.
+        # permissive one) may be waiting there.
         waiting = round(sum(self._held(lane, count) for lane, (count, green_since) in approach.lanes.items()
                             if green_since is None or now - green_since < s.start_up_s))
-        if len(overdue) <= waiting or self._jam_ahead(approach, now):
+        if len(overdue) <= waiting:
             return
         overdue.sort(key=lambda item: item[1])
         overdue = overdue[:len(overdue) - waiting]
