@@ -15,7 +15,6 @@ from urbanbrain.bench import report
 from urbanbrain.bench.runner import RunSpec, run_all
 from urbanbrain.bench.session import OBSERVATIONS
 from urbanbrain.control import CONTROLLERS
-from urbanbrain.incidents.injection import MIN_HORIZON_S
 from urbanbrain.network import read_network
 from urbanbrain.twin.scenario import load_scenario
 
@@ -184,12 +183,14 @@ def run(
     if webhook and not webhook_secret:
         raise typer.BadParameter("webhooks need a secret to sign with: --webhook-secret or URBANBRAIN_WEBHOOK_SECRET",
                                  param_hint="--webhook-secret")
-    if emergency and not twin:
-        raise typer.BadParameter("emergency vehicles are dispatched in the twin, which --no-twin turns off",
-                                 param_hint="--emergency")
-    if incidents and duration is not None and duration < MIN_HORIZON_S:
-        raise typer.BadParameter(f"random incidents last 5 to 30 minutes: the run needs a --duration of at least "
-                                 f"{MIN_HORIZON_S:g} s, not {duration:g}", param_hint="--incidents")
+    try:
+        options = HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
+                              twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
+                              failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret,
+                              incidents=incidents, emergency=emergency)
+    except ValueError as exc:
+        option = str(exc).partition(":")[0]
+        raise typer.BadParameter(str(exc), param_hint=f"--{option}") from None
     if scenario != "demo":
         _load(scenario)  # a bad scenario is named before the service starts
 
@@ -202,10 +203,7 @@ def run(
             console.print(f"open the cockpit: [bold]{url}/#key={key}[/]")
         console.print("Ctrl-C stops the service")
 
-    serve(HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
-                      twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
-                      failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret,
-                      incidents=incidents, emergency=emergency), announce)
+    serve(options, announce)
 
 
 @app.command("twin")

@@ -163,6 +163,7 @@ class IncidentInjector:
         self._rng = random.Random(self.seed)
 
     def step(self, sumo: ModuleType, now: float) -> None:
+        taken = {v for r in self.truth.values() for v in r.vehicles}  # involved in some incident already
         for incident in [i for i in self._waiting if i.start_s <= now]:
             record = self.truth[incident.id]
             if (not record.vehicles and incident.movable and self.network is not None
@@ -171,9 +172,9 @@ class IncidentInjector:
                 if moved is not None:
                     self._waiting[self._waiting.index(incident)] = moved
                     record.incident = incident = moved
-            others = {v for r in self.truth.values() if r is not record for v in r.vehicles}
-            record.vehicles += tuple(v for v in self._involve(sumo, incident, record.vehicles, others)
-                                     if v not in record.vehicles)
+            stopped = self._involve(sumo, incident, len(record.vehicles), taken)
+            record.vehicles += stopped
+            taken.update(stopped)
             needed = 2 if incident.kind == "crash" else 1
             if len(record.vehicles) == needed or (record.vehicles and now - incident.start_s > 120.0):
                 self._waiting.remove(incident)  # a crash whose second vehicle never came blocks with one
@@ -221,32 +222,32 @@ class IncidentInjector:
         return replace(incident, edge=edge, lanes=lanes, position_m=round(self._rng.uniform(low, high), 1))
 
     @staticmethod
-    def _involve(sumo: ModuleType, incident: Incident, already: tuple[str, ...], others: set[str]) -> list[str]:
-        """Stop the vehicles an incident needs (as many as can be stopped now), none of
-        them one that another incident involves: a vehicle already standing there would
-        be "broken down" again at once, and towing it for the one incident would end
-        the other as well (found in the benches' truth: 1 of the demo city's 50 incidents,
-        1 of hangzhou_4x4's and 3 of ingolstadt7's reused a vehicle of another)."""
+    def _involve(sumo: ModuleType, incident: Incident, already: int, taken: set[str]) -> tuple[str, ...]:
+        """Stop the next vehicle the incident needs, after the `already` it has (none if
+        none can stop there now). Never one in `taken`, those of any incident: a vehicle
+        already standing there would be "broken down" again at once, and towing it for
+        the one incident would end the other as well (found in the benches' truth: 1 of
+        the demo city's 50 incidents, 1 of hangzhou_4x4's and 3 of ingolstadt7's reused a
+        vehicle of another)."""
         lanes = list(incident.lanes)
         wanted: list[tuple[int, float]] = [(lanes[0], incident.position_m)]
         if incident.kind == "crash":
             wanted.append((lanes[1], incident.position_m) if len(lanes) == 2 else (lanes[0], incident.position_m - 8.0))
-        involved = list(already)
-        for lane, position in wanted[len(already):len(already) + 1]:
-            vehicle = _next_able_to_stop(sumo, f"{incident.edge}_{lane}", position, exclude=[*involved, *others])
-            if vehicle is None:
-                break
-            sumo.vehicle.setStop(vehicle, incident.edge, pos=position, laneIndex=lane,
-                                 duration=incident.duration_s + 7200.0)
-            involved.append(vehicle)
-        return involved
+        if already >= len(wanted):
+            return ()
+        lane, position = wanted[already]
+        vehicle = _next_able_to_stop(sumo, f"{incident.edge}_{lane}", position, exclude=taken)
+        if vehicle is None:
+            return ()
+        sumo.vehicle.setStop(vehicle, incident.edge, pos=position, laneIndex=lane, duration=incident.duration_s + 7200.0)
+        return (vehicle,)
 
     def write_truth(self, path: Path) -> None:
         """The ground truth, one JSON object per line (for the evaluation only)."""
         path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in self.truth.values()), encoding="utf-8")
 
 
-def _next_able_to_stop(sumo: ModuleType, lane: str, position: float, exclude: list[str]) -> str | None:
+def _next_able_to_stop(sumo: ModuleType, lane: str, position: float, exclude: set[str]) -> str | None:
     """The vehicle on `lane` nearest before `position` that can still brake to a stop there."""
     best, best_gap = None, float("inf")
     for vehicle in sumo.lane.getLastStepVehicleIDs(lane):

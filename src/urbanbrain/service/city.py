@@ -44,8 +44,7 @@ _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field c
 # detector stations report every interval; a camera reports only the vehicles it sees;
 # an emergency vehicle's transponder every second while it is en route, and nothing once
 # its mission is over (arrived, stood down): only a transponder silent en route is
-# (and priority ends for it at the same time, EmergencyPriority's `silent_s`).
-# a device with no event for this long (city time) is flagged silent
+# flagged (and priority ends for it at the same time, EmergencyPriority's `silent_s`).
 SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0, "emergency": 10.0}
 MAX_AHEAD_S = 60.0  # an event further ahead of the city clock is refused (a wrong clock must not stop the brain)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import platformdirs
 import uvicorn
 
-from urbanbrain.incidents.injection import IncidentInjector, random_incidents
+from urbanbrain.incidents.injection import MIN_HORIZON_S, IncidentInjector, random_incidents
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
@@ -54,6 +54,9 @@ class HostOptions:
             raise ValueError(f"emergency: the number of emergency vehicles must be 0 or more, got {self.emergency}")
         if self.emergency and not self.twin:
             raise ValueError("emergency: vehicles are dispatched in the twin, which --no-twin turns off")
+        if self.incidents and self.duration_s is not None and self.duration_s < MIN_HORIZON_S:
+            raise ValueError(f"incidents: random incidents last 5 to 30 minutes: the run needs a --duration of at "
+                             f"least {MIN_HORIZON_S:g} s, not {self.duration_s:g}")
 
 
 def default_data_dir() -> Path:
