@@ -189,8 +189,8 @@ def run(
                               failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret,
                               incidents=incidents, emergency=emergency)
     except ValueError as exc:
-        option = str(exc).partition(":")[0]
-        raise typer.BadParameter(str(exc), param_hint=f"--{option}") from None
+        option, _, why = str(exc).partition(": ")  # HostOptions names the option first
+        raise typer.BadParameter(why, param_hint=f"--{option}") from None
     if scenario != "demo":
         _load(scenario)  # a bad scenario is named before the service starts
 
