@@ -40,6 +40,14 @@ def grid_net(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def one_lane_grid_net(tmp_path_factory) -> Path:
+    """The same grid with one lane per road (where no vehicle can overtake another)."""
+    out = tmp_path_factory.mktemp("grid1") / "grid1.net.xml"
+    return netgenerate(out, "--grid", "--grid.number", "2", "--grid.length", "150", "--grid.attach-length", "150",
+                       "--default-junction-type", "traffic_light", "--default.lanenumber", "1", "--no-turnarounds")
+
+
+@pytest.fixture(scope="session")
 def grid_city(tmp_path_factory, grid_net: Path) -> Path:
     """Random trips across the 2x2 grid (SUMO's randomTrips-like demand from sumolib routes)."""
     import random

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from urbanbrain.devices.inventory import DeviceLayout, place_devices
-from urbanbrain.devices.protocol import CameraPassage, DetectorReport, LoopReading
+from urbanbrain.devices.protocol import CameraPassage, ControllerState, DetectorReport, LoopReading
 from urbanbrain.incidents.detector import IncidentDetector
 from urbanbrain.network import read_network
 from urbanbrain.state.model import CityState, LaneState
@@ -95,3 +95,93 @@ def test_a_long_jam_ahead_explains_the_delay_until_it_clears(grid_net: Path):
             if second < due - 2:
                 assert detector.alerts == [], f"{first_alert}: alerted at {second} s, due {due:.0f} s"
         assert len(detector.alerts) == 1, first_alert
+
+
+def _stop_camera(station, loops) -> str:
+    return next(station.cameras[loop.detector_id] for loop in loops if loop.position == "stopline")
+
+
+def test_on_one_lane_a_vehicle_from_behind_at_the_stop_line_resolves_the_alert(grid_net: Path, one_lane_grid_net: Path):
+    """Nobody overtakes on one lane: a vehicle that entered behind the alert's vehicle and
+    reached the stop line proves it is gone (towed), so the alert is resolved, and the
+    vehicles it held get their driving time again before one counts as stopped. On two
+    lanes the same read proves nothing (it may have driven round)."""
+    for net, resolves in ((one_lane_grid_net, True), (grid_net, False)):
+        state = CityState(source="sensors")
+        detector, station, edge, loops, camera = _setup(net, state)
+        state.lanes = {loop.lane: LaneState() for loop in loops}
+        approach = detector._entry_camera[camera]
+        lane = next(loop.lane for loop in loops if loop.position == "entry")
+        _enter(detector, camera, lane, "stalled", 0.0, 0)
+        _enter(detector, camera, lane, "behind", 5.0, 1)
+        _enter(detector, camera, lane, "held", 6.0, 2)
+        towed = int(approach.expected_s) + 30
+        for second in range(1, towed):
+            _second(detector, station, float(second), second)
+        assert len(detector.alerts) == 1 and detector.alerts[0].evidence["vehicles_stopped"] == 1
+        _enter(detector, _stop_camera(station, loops), lane, "behind", float(towed), 3)
+        assert (detector.alerts[0].resolved_at == towed) is resolves
+        for second in range(towed, towed + int(approach.expected_s) - 5):
+            _second(detector, station, float(second), second)
+        assert len(detector.alerts) == 1, "the vehicle held behind has its driving time again"
+        if resolves:
+            for second in range(towed + int(approach.expected_s) - 5, towed + int(approach.expected_s) + 10):
+                _second(detector, station, float(second), second)
+            assert len(detector.alerts) == 2 and detector.alerts[1].evidence["vehicles_stopped"] == 1, \
+                "a vehicle still missing after that is stopped"
+
+
+def test_vehicles_behind_a_queue_longer_than_the_loops_see_have_time_to_leave(grid_net: Path):
+    """A queue at a red reaching back past the advance loop: the loops count the vehicles
+    near the stop line as waiting, the ones behind them are late only by the time the
+    vehicles ahead need to leave, so no alert (without that allowance there is one);
+    when nobody leaves for long the first vehicles are alerted all the same."""
+    from dataclasses import replace
+
+    for headway_s, alerted_early in ((4.0, False), (0.0, True)):
+        state = CityState(source="sensors")
+        detector, station, edge, loops, camera = _setup(grid_net, state)
+        detector.settings = replace(detector.settings, queue_headway_s=headway_s)
+        approach = detector._entry_camera[camera]
+        lane = next(loop.lane for loop in loops if loop.position == "entry")
+        advance = next(loop for loop in loops if loop.position == "advance" and loop.lane == lane)
+        state.lanes = {loop.lane: LaneState() for loop in loops}
+        state.lanes[lane] = LaneState(vehicles=8, queue=3)
+        _second(detector, station, 0.5, 0, counts={advance.detector_id: 3})
+        for k in range(8):
+            _enter(detector, camera, lane, f"v{k}", float(k), k)
+        early = int(approach.expected_s) + 8  # two lanes: 2 s per vehicle ahead, so v0-v2 are overdue, v3-v7 not yet
+        for second in range(1, early + 1):
+            _second(detector, station, float(second), second)
+        assert bool(detector.alerts) is alerted_early
+        for second in range(early + 1, early + 40):
+            _second(detector, station, float(second), second)
+        assert len(detector.alerts) == 1
+
+
+def test_a_junction_that_lets_no_one_across_at_green_holds_its_queue_like_a_jam(grid_net: Path):
+    """A queue at the stop line that does not move at green (the junction's box locked,
+    its exits jammed beyond what the loops see) held every vehicle behind it: when it
+    moves again after longer than the link's expected time, they get their driving time
+    again. A queue that crossed at its greens explains nothing once it has gone."""
+    for crossing, alerted_at_once in ((False, False), (True, True)):
+        state = CityState(source="sensors")
+        detector, station, edge, loops, camera = _setup(grid_net, state)
+        state.lanes = {loop.lane: LaneState() for loop in loops}
+        approach = detector._entry_camera[camera]
+        lane = next(loop.lane for loop in loops if loop.position == "entry")
+        stopline = [loop.detector_id for loop in loops if loop.position == "stopline"]
+        groups = {g for lane_groups in detector._groups["A0"].values() for g in lane_groups}
+        mine = {g for stop_lane in approach.lanes for g in detector._groups["A0"][stop_lane]}
+        green = "".join("G" if g in mine else "r" for g in range(max(groups) + 1))
+        detector.on_controller(ControllerState(device_id="ctl", seq=0, time=0.0, intersection="A0", signal_state=green,
+                                               phase=0, time_in_phase_s=0.0, mode="remote"))
+        _enter(detector, camera, lane, "v", 1.0, 0)
+        eased = 2 + int(1.5 * approach.expected_s)
+        for second in range(2, eased):
+            counts = {loop: 1 for loop in stopline} if crossing and second % 3 == 0 else None
+            _second(detector, station, float(second), second, counts=counts, queue=True)
+        assert detector.alerts == []
+        for second in range(eased, eased + 15):
+            _second(detector, station, float(second), second)
+        assert bool(detector.alerts) is alerted_at_once

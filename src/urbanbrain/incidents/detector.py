@@ -9,7 +9,9 @@ stop line explains it — no stop-line loop held occupied by a queue, no more ov
 vehicles than a red (or yielding) lane holds, no exit lane full back to its start —
 nothing explains where it is but that it has stopped on the link (after a jam ahead that
 lasted longer than the link's expected time, which holds back every vehicle on it, the
-clock of each starts again when the jam eases):
+clock of each starts again when the jam eases; a queue at the stop line that no green
+lets across, its junction locked, is such a jam; and a vehicle has a headway more for
+each vehicle that entered before it and is still on the link, the queue it waits behind):
 broken down, or crashed — if more than one vehicle is overdue together on the same
 link, a crash. Plate reads are exact identities, so unlike loop counts they do not
 drift: a count that lost one vehicle would raise a false alarm for ever, a plate
@@ -23,7 +25,8 @@ beyond its driving time without an alert is forgotten: a read was missed or the 
 left the road (towed, parked), and an alert that late would help nobody.
 
 The alert is resolved when the overdue vehicles are read at the stop line (they drove
-on), or when the link has carried traffic normally again — every vehicle that
+on), on a one-lane link when a vehicle that entered behind them is (nobody overtakes
+there: they were taken away), or when the link has carried traffic normally again — every vehicle that
 entered after the incident was found arriving in its driving time — for a while
 (they were towed away; nothing on the road says so).
 
@@ -53,6 +56,7 @@ class DetectorSettings:
     full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam
     recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
     recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
+    queue_headway_s: float = 4.0  # a vehicle still has this long per vehicle ahead of it on its lane (a saturation headway at half green)
     stale_s: float = 600.0  # a vehicle overdue this much longer, never alerted, is forgotten (an alert so late helps nobody)
 
 
@@ -73,6 +77,16 @@ class IncidentAlert:
 
 
 @dataclass
+class _Lane:
+    """What one approach lane's loops and signal heads tell."""
+
+    between: int = 0  # vehicles counted in at the advance loop and not yet out at the stop line
+    protected_since: float | None = None  # its movements all show protected green (`G`) since
+    green_since: float | None = None  # one of its movements shows green (`G` or `g`) since
+    crossed: float = float("-inf")  # last time a vehicle crossed its stop line
+
+
+@dataclass
 class _Approach:
     edge: str
     intersection: str
@@ -86,10 +100,12 @@ class _Approach:
     queue_seen: float = float("-inf")
     jam_seen: float = float("-inf")  # last time a long jam ahead held the approach back
     jam_since: float | None = None  # the jam ahead now holding it back began then
-    lanes: dict[str, list] = field(default_factory=dict)  # lane -> [vehicles between advance and stop line, protected green since]
+    blocked: bool = False  # the junction let none of its queue across at its last green (see _blocked_at_line)
+    lanes: dict[str, _Lane] = field(default_factory=dict)
     exits: tuple[tuple[str, float], ...] = ()  # (exit lane, its standing capacity in vehicles)
     alert: IncidentAlert | None = None
     stopped: set[str] = field(default_factory=set)  # plates of the alert's vehicles
+    stopped_last: int = 0  # entry number of the alert's last vehicle
     in_time: int = 0  # vehicles entering after the alert that arrived in time, in a row
 
 
@@ -147,7 +163,7 @@ class IncidentDetector:
                     self._stop_camera[camera] = approach
                     self._stopline_loop[loop.detector_id] = approach
                     self._lane_loop[loop.detector_id] = (approach, loop.lane, -1)
-                    approach.lanes[loop.lane] = [0, None]
+                    approach.lanes[loop.lane] = _Lane()
                 for loop in station.loops:
                     if loop.position == "advance" and loop.lane in approach.lanes:
                         self._lane_loop[loop.detector_id] = (approach, loop.lane, +1)
@@ -167,9 +183,12 @@ class IncidentDetector:
         groups = self._groups.get(report.intersection, {})
         for approach in self._by_intersection.get(report.intersection, ()):
             for lane, entry in approach.lanes.items():
-                green = bool(groups.get(lane)) and all(
-                    g < len(report.signal_state) and report.signal_state[g] == "G" for g in groups[lane])
-                entry[1] = (entry[1] if entry[1] is not None else report.time) if green else None
+                shown = [report.signal_state[g] for g in groups.get(lane, ()) if g < len(report.signal_state)]
+                protected = bool(groups.get(lane)) and len(shown) == len(groups[lane]) and all(c == "G" for c in shown)
+                entry.protected_since = (entry.protected_since if entry.protected_since is not None
+                                         else report.time) if protected else None
+                green = any(c in "Gg" for c in shown)
+                entry.green_since = (entry.green_since if entry.green_since is not None else report.time) if green else None
 
     def on_detector(self, report: DetectorReport) -> None:
         """Update what the loops tell, then check the approaches this station watches
@@ -187,7 +206,9 @@ class IncidentDetector:
             placed = self._lane_loop.get(reading.detector_id)
             if placed is not None and reading.count:
                 lane_entry = placed[0].lanes[placed[1]]
-                lane_entry[0] = max(0, lane_entry[0] + placed[2] * reading.count)
+                lane_entry.between = max(0, lane_entry.between + placed[2] * reading.count)
+                if placed[2] < 0:
+                    lane_entry.crossed = report.time
         for approach in watched.values():
             self._check(approach, report.time)
 
@@ -205,11 +226,19 @@ class IncidentDetector:
         for plate, (_, earlier) in approach.on_way.items():
             if earlier < number:
                 approach.arrived_after[plate] = approach.arrived_after.get(plate, 0) + 1
-        self._arrived(approach, passage.plate, passage.time - entered, passage.time)
+        self._arrived(approach, passage.plate, number, passage.time - entered, passage.time)
 
-    def _arrived(self, approach: _Approach, plate: str, took_s: float, now: float) -> None:
+    def _arrived(self, approach: _Approach, plate: str, number: int, took_s: float, now: float) -> None:
         alert = approach.alert
         if alert is None:
+            return
+        if len(approach.lanes) == 1 and number > approach.stopped_last and plate not in approach.stopped:
+            # One lane: nobody overtakes, so a vehicle that entered behind the alert's
+            # vehicles and reached the stop line proves they are gone (towed, pushed
+            # aside). Everyone who queued behind them was held like in a jam: their
+            # clocks start again now.
+            approach.jam_seen = now
+            self._resolve(approach, now)
             return
         if plate in approach.stopped:
             approach.stopped.discard(plate)
@@ -228,6 +257,23 @@ class IncidentDetector:
         if self.state is None:
             return False
         return any(self.state.vehicles(lane) >= self.settings.full_exit * capacity for lane, capacity in approach.exits)
+
+    def _blocked_at_line(self, approach: _Approach, now: float) -> bool:
+        """A queue stands at the stop line and its green lanes, green for the start-up time,
+        let no vehicle across: the junction ahead is blocked (its box locked, an exit jammed
+        beyond what the loops see), a jam like one on the exits. It stays so through the
+        reds that follow, until a vehicle crosses."""
+        if now - approach.queue_seen >= self.settings.queue_memory_s:
+            approach.blocked = False
+            return False
+        start_up_s = self.settings.start_up_s
+        green = [lane.crossed for lane in approach.lanes.values()
+                 if lane.green_since is not None and now - lane.green_since >= start_up_s]
+        if green:
+            approach.blocked = all(now - crossed >= start_up_s for crossed in green)
+        elif any(now - lane.crossed < start_up_s for lane in approach.lanes.values()):
+            approach.blocked = False
+        return approach.blocked
 
     def _held(self, lane: str, count: int) -> float:
         """Vehicles that may be waiting on a lane between its advance and stop-line loops:
@@ -250,7 +296,7 @@ class IncidentDetector:
         s = self.settings
         if approach.alert is not None:
             return
-        if self._jam_ahead(approach, now):
+        if self._jam_ahead(approach, now) or self._blocked_at_line(approach, now):
             if approach.jam_since is None:
                 approach.jam_since = now
             if now - approach.jam_since >= approach.expected_s:
@@ -265,12 +311,16 @@ class IncidentDetector:
         # A jam ahead explains any delay until it clears; from then on each vehicle has
         # its driving time again (else a long jam's vehicles, late by many minutes, would
         # all be "stopped" the moment it eases).
-        overdue = [(plate, entered) for plate, (entered, _) in approach.on_way.items()
-                   if now - max(entered, approach.jam_seen) > approach.expected_s]
+        # Each vehicle also has the time the vehicles still ahead of it on the link need to
+        # leave it (a residual queue discharging after a jam or an incident cleared).
+        per_vehicle_s = s.queue_headway_s / len(approach.lanes)
+        in_order = sorted(approach.on_way.items(), key=lambda item: item[1][1])
+        overdue = [(plate, entered) for ahead, (plate, (entered, _)) in enumerate(in_order)
+                   if now - max(entered, approach.jam_seen) > approach.expected_s + ahead * per_vehicle_s]
         # As many overdue vehicles as stand before a red (or a green just begun, or a
         # permissive one) may be waiting there.
-        waiting = round(sum(self._held(lane, count) for lane, (count, green_since) in approach.lanes.items()
-                            if green_since is None or now - green_since < s.start_up_s))
+        waiting = round(sum(self._held(lane_id, lane.between) for lane_id, lane in approach.lanes.items()
+                            if lane.protected_since is None or now - lane.protected_since < s.start_up_s))
         if len(overdue) <= waiting:
             return
         overdue.sort(key=lambda item: item[1])
@@ -285,6 +335,7 @@ class IncidentDetector:
                       "overtaken_by": max(approach.arrived_after.get(p, 0) for p in plates),
                       "queue_at_stop_line": False})
         approach.stopped = plates
+        approach.stopped_last = max(approach.on_way[plate][1] for plate in plates)
         for plate in plates:
             approach.on_way.pop(plate, None)  # one alert per stopped vehicle, whatever follows
             approach.arrived_after.pop(plate, None)
