@@ -179,7 +179,8 @@ class IncidentDetector:
 
     def on_controller(self, report: ControllerState) -> None:
         """Which lanes show protected green, and since when: vehicles waiting at a red, or
-        yielding at a permissive green (`g`), are no incident."""
+        yielding at a permissive green (`g`), are no incident; and which show any green:
+        a queue that no green lets across is a blocked junction (`_blocked_at_line`)."""
         groups = self._groups.get(report.intersection, {})
         for approach in self._by_intersection.get(report.intersection, ()):
             for lane, entry in approach.lanes.items():
