@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from urbanbrain.devices.inventory import DeviceLayout, place_devices
@@ -136,8 +137,6 @@ def test_vehicles_behind_a_queue_longer_than_the_loops_see_have_time_to_leave(gr
     near the stop line as waiting, the ones behind them are late only by the time the
     vehicles ahead need to leave, so no alert (without that allowance there is one);
     when nobody leaves for long the first vehicles are alerted all the same."""
-    from dataclasses import replace
-
     for headway_s, alerted_early in ((4.0, False), (0.0, True)):
         state = CityState(source="sensors")
         detector, station, edge, loops, camera = _setup(grid_net, state)
