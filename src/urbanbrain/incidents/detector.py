@@ -21,7 +21,8 @@ What may be waiting at the signal is counted between each lane's advance and sto
 loops, but never above the state estimate where there is one (vehicles changing lanes
 in that stretch, round a stalled vehicle for one, leave a lane's own count too high for
 good, and a stopped vehicle would be explained away). A plate overdue for ten minutes
-beyond its driving time without an alert is forgotten: a read was missed or the vehicle
+beyond its driving time (counted, like the rest, from the end of a long jam that held it)
+without an alert is forgotten: a read was missed or the vehicle
 left the road (towed, parked), and an alert that late would help nobody.
 
 The alert is resolved when the overdue vehicles are read at the stop line (they drove
@@ -237,9 +238,10 @@ class IncidentDetector:
             # One lane: nobody overtakes, so a vehicle that entered behind the alert's
             # vehicles and reached the stop line proves they are gone (towed, pushed
             # aside). Everyone who queued behind them was held like in a jam: their
-            # clocks start again now.
+            # clocks start again now (those that entered before the alert went with
+            # them, see `_resolve`).
             approach.jam_seen = now
-            self._resolve(approach, now)
+            self._resolve(approach, now, towed=True)
             return
         if plate in approach.stopped:
             approach.stopped.discard(plate)
@@ -287,7 +289,15 @@ class IncidentDetector:
         lane_state = self.state.lanes[lane]
         return min(count, lane_state.queue + lane_state.approaching)
 
-    def _resolve(self, approach: _Approach, now: float) -> None:
+    def _resolve(self, approach: _Approach, now: float, towed: bool = False) -> None:
+        """Close the approach's alert. When its vehicles were taken away, so were any
+        others of the same crash not read yet: every vehicle that entered before the alert
+        and has not arrived is forgotten (one still driving is read, and ignored, at the
+        stop line), else the tow would be alerted again as a vehicle that stopped."""
+        if towed:
+            for plate in [p for p, (entered, _) in approach.on_way.items() if entered < approach.alert.detected_at]:
+                del approach.on_way[plate]
+                approach.arrived_after.pop(plate, None)
         approach.alert.resolved_at = now
         approach.alert = None
         approach.stopped = set()
@@ -306,7 +316,8 @@ class IncidentDetector:
         approach.jam_since = None
         if now - approach.queue_seen < s.queue_memory_s:
             return
-        for plate in [p for p, (entered, _) in approach.on_way.items() if now - entered > approach.expected_s + s.stale_s]:
+        for plate in [p for p, (entered, _) in approach.on_way.items()
+                      if now - max(entered, approach.jam_seen) > approach.expected_s + s.stale_s]:
             del approach.on_way[plate]  # explained away so long: read missed, or it left the road (towed, parked)
             approach.arrived_after.pop(plate, None)
         # A jam ahead explains any delay until it clears; from then on each vehicle has
