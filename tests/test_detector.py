@@ -33,6 +33,15 @@ def _second(detector, station, time: float, seq: int, counts: dict[str, int] | N
     detector.on_detector(DetectorReport(device_id=station.device_id, seq=seq, time=time, interval_s=1.0, readings=readings))
 
 
+def _watched(net: Path):
+    """A0's station with a state estimate, and the approach and entry lane a test watches."""
+    state = CityState(source="sensors")
+    detector, station, edge, loops, camera = _setup(net, state)
+    state.lanes = {loop.lane: LaneState() for loop in loops}
+    lane = next(loop.lane for loop in loops if loop.position == "entry")
+    return detector, station, loops, camera, state, detector._entry_camera[camera], lane
+
+
 def _enter(detector, camera: str, lane: str, plate: str, time: float, seq: int) -> None:
     detector.on_camera(CameraPassage(device_id=camera, seq=seq, time=time, lane=lane, speed_ms=10.0,
                                      plate=synthetic_plate(plate), vehicle_class="car"))
@@ -110,11 +119,7 @@ def test_on_one_lane_a_vehicle_from_behind_at_the_stop_line_resolves_the_alert(g
     its driving time again from the tow, and is stopped if it does not come. On two
     lanes the same read proves nothing (it may have driven round)."""
     for net, resolves in ((one_lane_grid_net, True), (grid_net, False)):
-        state = CityState(source="sensors")
-        detector, station, edge, loops, camera = _setup(net, state)
-        state.lanes = {loop.lane: LaneState() for loop in loops}
-        approach = detector._entry_camera[camera]
-        lane = next(loop.lane for loop in loops if loop.position == "entry")
+        detector, station, loops, camera, state, approach, lane = _watched(net)
         _enter(detector, camera, lane, "stalled", 0.0, 0)
         _enter(detector, camera, lane, "partner", 3.0, 1)
         _enter(detector, camera, lane, "behind", 5.0, 2)
@@ -146,11 +151,7 @@ def test_a_vehicle_a_long_jam_held_is_not_forgotten_when_it_eases(grid_net: Path
     its clock starts again when the jam eases, and if it does not come then it has
     stopped (ingolstadt7's bench: a vehicle queued for 15 minutes broke down as the
     queue moved)."""
-    state = CityState(source="sensors")
-    detector, station, edge, loops, camera = _setup(grid_net, state)
-    approach = detector._entry_camera[camera]
-    state.lanes = {loop.lane: LaneState() for loop in loops}
-    lane = next(loop.lane for loop in loops if loop.position == "entry")
+    detector, station, loops, camera, state, approach, lane = _watched(grid_net)
     _enter(detector, camera, lane, "v", 0.0, 0)
     eased = int(approach.expected_s + detector.settings.stale_s) + 60
     for second in range(1, eased + int(approach.expected_s) + 10):
@@ -168,13 +169,9 @@ def test_vehicles_behind_a_queue_longer_than_the_loops_see_have_time_to_leave(gr
     vehicles ahead need to leave, so no alert (without that allowance there is one);
     when nobody leaves for long the first vehicles are alerted all the same."""
     for headway_s, alerted_early in ((4.0, False), (0.0, True)):
-        state = CityState(source="sensors")
-        detector, station, edge, loops, camera = _setup(grid_net, state)
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
         detector.settings = replace(detector.settings, queue_headway_s=headway_s)
-        approach = detector._entry_camera[camera]
-        lane = next(loop.lane for loop in loops if loop.position == "entry")
         advance = next(loop for loop in loops if loop.position == "advance" and loop.lane == lane)
-        state.lanes = {loop.lane: LaneState() for loop in loops}
         state.lanes[lane] = LaneState(vehicles=8, queue=3)
         _second(detector, station, 0.5, 0, counts={advance.detector_id: 3})
         for k in range(8):
@@ -194,11 +191,7 @@ def test_a_junction_that_lets_no_one_across_at_green_holds_its_queue_like_a_jam(
     moves again after longer than the link's expected time, they get their driving time
     again. A queue that crossed at its greens explains nothing once it has gone."""
     for crossing, alerted_at_once in ((False, False), (True, True)):
-        state = CityState(source="sensors")
-        detector, station, edge, loops, camera = _setup(grid_net, state)
-        state.lanes = {loop.lane: LaneState() for loop in loops}
-        approach = detector._entry_camera[camera]
-        lane = next(loop.lane for loop in loops if loop.position == "entry")
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
         stopline = [loop.detector_id for loop in loops if loop.position == "stopline"]
         groups = {g for lane_groups in detector._groups["A0"].values() for g in lane_groups}
         mine = {g for stop_lane in approach.lanes for g in detector._groups["A0"][stop_lane]}
