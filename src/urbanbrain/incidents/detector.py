@@ -95,7 +95,7 @@ class _Approach:
     from_m: float
     to_m: float
     stoplines: frozenset[str]
-    on_way: dict[str, tuple[float, int]] = field(default_factory=dict)  # plate -> (entered, entry number)
+    on_way: dict[str, tuple[float, int]] = field(default_factory=dict)  # plate -> (entered, entry number), in the order they entered
     entries: int = 0
     arrived_after: dict[str, int] = field(default_factory=dict)  # plate -> later entrants arrived
     queue_seen: float = float("-inf")
@@ -218,6 +218,7 @@ class IncidentDetector:
         approach = self._entry_camera.get(passage.device_id)
         if approach is not None:
             approach.entries += 1
+            approach.on_way.pop(passage.plate, None)  # so that `on_way` stays in the order they entered
             approach.on_way[passage.plate] = (passage.time, approach.entries)
             return
         approach = self._stop_camera.get(passage.device_id)
@@ -234,7 +235,7 @@ class IncidentDetector:
         alert = approach.alert
         if alert is None:
             return
-        if len(approach.lanes) == 1 and number > approach.stopped_last and plate not in approach.stopped:
+        if len(approach.lanes) == 1 and number > approach.stopped_last:
             # One lane: nobody overtakes, so a vehicle that entered behind the alert's
             # vehicles and reached the stop line proves they are gone (towed, pushed
             # aside). Everyone who queued behind them was held like in a jam: their
@@ -326,8 +327,7 @@ class IncidentDetector:
         # Each vehicle also has the time the vehicles still ahead of it on the link need to
         # leave it (a residual queue discharging after a jam or an incident cleared).
         per_vehicle_s = s.queue_headway_s / len(approach.lanes)
-        in_order = sorted(approach.on_way.items(), key=lambda item: item[1][1])
-        overdue = [(plate, entered) for ahead, (plate, (entered, _)) in enumerate(in_order)
+        overdue = [(plate, entered) for ahead, (plate, (entered, _)) in enumerate(approach.on_way.items())
                    if now - max(entered, approach.jam_seen) > approach.expected_s + ahead * per_vehicle_s]
         # As many overdue vehicles as stand before a red (or a green just begun, or a
         # permissive one) may be waiting there.
