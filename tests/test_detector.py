@@ -22,13 +22,17 @@ def _setup(grid_net: Path, state: CityState | None):
     return IncidentDetector(network, [station], state=state), station, edge, loops, entry_camera
 
 
-def _second(detector, station, time: float, seq: int, counts: dict[str, int] | None = None, queue: bool = False):
+def _second(detector, station, time: float, seq: int, counts: dict[str, int] | None = None, queue: bool = False,
+            zone: bool = False):
     """One second of A0's loops: nothing passing unless `counts` (loop id -> vehicles);
-    `queue`: the stop-line loops of the watched approach held occupied."""
+    `queue`: a queue standing at every stop line (its loop and stop-bar zone held
+    occupied); `zone`: only the stop-bar zones held occupied (the head stopped short of
+    the loop)."""
     counts = counts or {}
+    occupied = {"stopline": queue, "presence": queue or zone}
     readings = [LoopReading(detector_id=loop.detector_id, lane=loop.lane, position=loop.position,
                             count=counts.get(loop.detector_id, 0),
-                            occupancy=1.0 if queue and loop.position == "stopline" else 0.0)
+                            occupancy=1.0 if occupied.get(loop.position) else 0.0)
                 for loop in station.loops]
     detector.on_detector(DetectorReport(device_id=station.device_id, seq=seq, time=time, interval_s=1.0, readings=readings))
 
@@ -101,10 +105,43 @@ def test_a_long_jam_ahead_explains_the_delay_until_it_clears(grid_net: Path):
         for second in range(3, int(due) + 10):
             for exit_lane, capacity in approach.exits:
                 state.lanes[exit_lane] = LaneState(vehicles=capacity if second < jam_end else 0.0)
-            _second(detector, station, float(second), second)
+            _second(detector, station, float(second), second, queue=second < jam_end)
             if second < due - 2:
                 assert detector.alerts == [], f"{first_alert}: alerted at {second} s, due {due:.0f} s"
         assert len(detector.alerts) == 1, first_alert
+
+
+def test_a_full_exit_explains_nothing_while_no_queue_stands_at_the_stop_line(grid_net: Path):
+    """A jam on the exits holds the approach's vehicles back only through its queue at the
+    stop line. When nothing stands there for all that time, the vehicle that does not
+    arrive stopped before it: it is alerted in its expected time (the demo city's bench
+    missed a vehicle stalled on a one-lane link for 26 minutes because one of its exits
+    was full, with nobody standing at its stop line)."""
+    for queue, alerted in ((False, True), (True, False)):
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
+        _enter(detector, camera, lane, "v", 1.0, 0)
+        for second in range(2, int(approach.expected_s) + 15):
+            for exit_lane, capacity in approach.exits:
+                state.lanes[exit_lane] = LaneState(vehicles=capacity)
+            _second(detector, station, float(second), second, queue=queue)
+        assert bool(detector.alerts) is alerted
+
+
+def test_a_queue_standing_on_the_stop_bar_zone_off_the_loop_explains_overdue_vehicles(grid_net: Path):
+    """The head of a queue may stop short of the stop-line point loop (behind a vehicle
+    still in the junction); the stop-bar zone still has it. A zone held occupied with no
+    vehicle coming onto it is a standing queue, and the overdue vehicle may be in it; a
+    zone held occupied by vehicles streaming across (one coming on every two seconds) is
+    no queue, and the overdue vehicle is alerted."""
+    for streaming, alerted in ((False, False), (True, True)):
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
+        zones = [loop.detector_id for loop in loops if loop.position == "presence"]
+        assert zones, "every approach lane has a stop-bar zone"
+        _enter(detector, camera, lane, "v", 1.0, 0)
+        for second in range(2, int(approach.expected_s) + 15):
+            counts = {zone_id: 1 for zone_id in zones} if streaming and second % 2 == 0 else None
+            _second(detector, station, float(second), second, counts=counts, zone=True)
+        assert bool(detector.alerts) is alerted
 
 
 def _stop_camera(station, loops) -> str:
@@ -157,7 +194,7 @@ def test_a_vehicle_a_long_jam_held_is_not_forgotten_when_it_eases(grid_net: Path
     for second in range(1, eased + int(approach.expected_s) + 10):
         for exit_lane, capacity in approach.exits:
             state.lanes[exit_lane] = LaneState(vehicles=capacity if second < eased else 0.0)
-        _second(detector, station, float(second), second)
+        _second(detector, station, float(second), second, queue=second < eased)
         if second < eased + approach.expected_s - 2:
             assert detector.alerts == [], f"alerted at {second} s"
     assert len(detector.alerts) == 1 and detector.alerts[0].started_at == 0.0

@@ -52,6 +52,34 @@ def test_oracle_mode_is_labelled(grid_city: Path):
     assert result.estimator_mae_veh is None
 
 
+def test_stop_bar_zones_see_every_vehicle_the_stop_line_loop_sees_and_more(grid_city: Path):
+    """The twin lays each stop-bar presence zone over the last metres of its lane, its
+    point stop-line loop inside it: whenever a vehicle stands on the loop (held occupied
+    for the whole second) it stands on the zone, and the zone is also held occupied by
+    vehicles standing short of the loop."""
+    scenario = load_scenario(grid_city)
+    session = CitySession(scenario, read_network(scenario.net_file), "fixed", horizon_s=300)
+    by_lane: dict[tuple[str, str], float] = {}
+    zone_only = 0
+
+    def on_report(report: DetectorReport) -> None:
+        nonlocal zone_only
+        for reading in report.readings:
+            by_lane[(reading.lane, reading.position)] = reading.occupancy
+        for (lane, position), occupancy in by_lane.items():
+            if position == "stopline":
+                zone = by_lane[(lane, "presence")]
+                assert zone >= 0.9 or occupancy < 0.9, f"{lane}: loop {occupancy}, zone {zone}"
+                zone_only += zone >= 0.9 > occupancy
+
+    session.bus.subscribe("detector", on_report)
+    session.start()
+    while not session.done:
+        session.step()
+    session.finish()
+    assert zone_only > 0, "some vehicles stood on the zone and off the loop"
+
+
 def test_without_commands_controllers_hold_then_fall_back_to_their_plan(grid_city: Path):
     scenario = load_scenario(grid_city)
     network = read_network(scenario.net_file)

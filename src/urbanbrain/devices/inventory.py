@@ -15,6 +15,13 @@ of a vehicle give its travel time, one read without the other a vehicle that did
 arrive; every signalised intersection gets a controller. Each lane of a feeder road
 (upstream of a short approach, see the network model) gets a loop at its start and
 one at its end, so that the queue standing there is counted too.
+
+Each approach lane also gets a stop-bar presence zone over its last `presence_zone_m`
+(an extended loop or a video zone, as stop-bar detection is laid in the field: SCATS
+lays 4.5 m loops, US practice 6-15 m zones). A point loop tells a vehicle standing over
+it, but the first vehicle of a queue may stop short of it (behind a vehicle still in the
+junction, or keeping clear of a blocked exit) and the point may fall in the gap between
+two standing vehicles; a zone longer than that gap always has a standing queue on it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ class DeviceLayout:
     advance_before_stopline_m: float = 100.0
     entry_from_start_m: float = 3.0
     min_entry_zone_m: float = 30.0  # shorter zones get no entry loop: the advance loop sits at the entry
+    presence_zone_m: float = 10.0  # stop-bar presence zone length; 0: none
     cameras: bool = True
     entry_cameras: bool = True  # a second camera where the approach begins (plate matches: who did not arrive)
 
@@ -41,8 +49,9 @@ class DeviceLayout:
 class Loop:
     detector_id: str
     lane: str
-    position: str  # entry | mid | advance | stopline | feeder_in | feeder_out
-    pos_m: float
+    position: str  # entry | mid | advance | stopline | presence | feeder_in | feeder_out
+    pos_m: float  # where it begins on its lane
+    length_m: float = 0.0  # 0: a point loop; else a presence zone from pos_m on
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,9 @@ def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
                 adv_pos = stop_pos - layout.advance_before_stopline_m
                 stop = Loop(f"ub_stop_{lane_id}", lane_id, "stopline", stop_pos)
                 loops.append(stop)
+                zone_m = min(layout.presence_zone_m, lane.length_m - 0.2)
+                if zone_m > 0:
+                    loops.append(Loop(f"ub_zone_{lane_id}", lane_id, "presence", lane.length_m - 0.1 - zone_m, zone_m))
                 if adv_pos - entry_pos >= layout.min_entry_zone_m:
                     loops += [Loop(f"ub_adv_{lane_id}", lane_id, "advance", adv_pos),
                               Loop(f"ub_entry_{lane_id}", lane_id, "entry", entry_pos),

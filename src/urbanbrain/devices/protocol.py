@@ -38,13 +38,14 @@ class _Message(BaseModel):
 
 
 class LoopReading(BaseModel):
-    """One inductive loop's count and occupancy over the report interval."""
+    """One inductive loop's count and occupancy over the report interval (a `presence`
+    zone's: vehicles that came onto it, and the share of the interval it was occupied)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     detector_id: Identifier
     lane: Identifier
-    position: Literal["entry", "mid", "advance", "stopline", "feeder_in", "feeder_out"]
+    position: Literal["entry", "mid", "advance", "stopline", "presence", "feeder_in", "feeder_out"]
     count: int = Field(ge=0, le=1000)
     occupancy: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
 

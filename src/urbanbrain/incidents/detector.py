@@ -5,8 +5,10 @@ Every long approach has an ANPR camera where it begins and one at its stop line.
 vehicle read at the first and not yet at the second is on the way; normally it
 arrives within the time it takes to drive the link, plus the wait in the queue at a
 red. So when a vehicle is overdue (well past the driving time) and nothing at the
-stop line explains it — no stop-line loop held occupied by a queue, no more overdue
-vehicles than a red (or yielding) lane holds, no exit lane full back to its start —
+stop line explains it — no queue standing there (its loop held occupied, or its
+stop-bar zone held with no vehicle coming onto it), no more overdue vehicles than a red
+(or yielding) lane holds, no exit lane full back to its start while the approach's own
+queue reaches its stop line —
 nothing explains where it is but that it has stopped on the link (after a jam ahead that
 lasted longer than the link's expected time, which holds back every vehicle on it, the
 clock of each starts again when the jam eases; a queue at the stop line that no green
@@ -54,7 +56,9 @@ class DetectorSettings:
     queue_occupancy: float = 0.9  # a stop-line loop this occupied holds a standing queue
     queue_memory_s: float = 10.0  # ... and the queue counts as still there this long after
     start_up_s: float = 10.0  # vehicles waiting at a red are still leaving this long into the green
-    full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam
+    full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam ...
+    jam_at_line_s: float = 10.0  # ... while its queue reaches the stop line (a vehicle stood there this recently)
+    standing_s: float = 3.0  # a stop-bar zone occupied this long with no vehicle coming onto it holds a standing queue
     recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
     recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
     queue_headway_s: float = 4.0  # a vehicle still has this long per vehicle ahead of it on its lane (a saturation headway at half green)
@@ -98,7 +102,8 @@ class _Approach:
     on_way: dict[str, tuple[float, int]] = field(default_factory=dict)  # plate -> (entered, entry number), in the order they entered
     entries: int = 0
     arrived_after: dict[str, int] = field(default_factory=dict)  # plate -> later entrants arrived
-    queue_seen: float = float("-inf")
+    queue_seen: float = float("-inf")  # last time a queue stood at its stop line (see on_detector)
+    present_seen: float = float("-inf")  # last time anything stood on its stop-bar zones or loops
     jam_seen: float = float("-inf")  # last time a long jam ahead held the approach back
     jam_since: float | None = None  # the jam ahead now holding it back began then
     blocked: bool = False  # the junction let none of its queue across at its last green (see _blocked_at_line)
@@ -123,6 +128,8 @@ class IncidentDetector:
         self._entry_camera: dict[str, _Approach] = {}
         self._stop_camera: dict[str, _Approach] = {}
         self._stopline_loop: dict[str, _Approach] = {}
+        self._presence_zone: dict[str, _Approach] = {}
+        self._still: dict[str, float] = {}
         self._lane_loop: dict[str, tuple[_Approach, str, int]] = {}  # advance / stop-line loop -> (approach, lane, sign)
         self._groups: dict[str, dict[str, tuple[int, ...]]] = {}  # intersection -> lane -> its signal groups
         for intersection in network.intersections.values():
@@ -168,6 +175,8 @@ class IncidentDetector:
                 for loop in station.loops:
                     if loop.position == "advance" and loop.lane in approach.lanes:
                         self._lane_loop[loop.detector_id] = (approach, loop.lane, +1)
+                    elif loop.position == "presence" and loop.lane in approach.lanes:
+                        self._presence_zone[loop.detector_id] = approach
                 self._by_intersection.setdefault(approach.intersection, []).append(approach)
                 exits = {m.out_lane for m in network.intersections[approach.intersection].movements
                          if m.in_lane in approach.lanes}
@@ -194,14 +203,26 @@ class IncidentDetector:
 
     def on_detector(self, report: DetectorReport) -> None:
         """Update what the loops tell, then check the approaches this station watches
-        (each once per report of its own station, after that second's camera reads)."""
+        (each once per report of its own station, after that second's camera reads).
+        A queue stands at the stop line when its loop is held occupied, or its stop-bar
+        zone is with no vehicle coming onto it for `standing_s` (the head stopped short of
+        the loop); a zone held by vehicles streaming across is no queue."""
         watched: dict[int, _Approach] = {}
         for reading in report.readings:
             approach = self._stopline_loop.get(reading.detector_id)
             if approach is not None:
                 watched[id(approach)] = approach
                 if reading.occupancy >= self.settings.queue_occupancy:
-                    approach.queue_seen = report.time
+                    approach.queue_seen = approach.present_seen = report.time
+            zoned = self._presence_zone.get(reading.detector_id)
+            if zoned is not None:
+                held = reading.occupancy >= self.settings.queue_occupancy
+                if held:
+                    zoned.present_seen = report.time
+                still = self._still.get(reading.detector_id, 0.0) + report.interval_s if held and not reading.count else 0.0
+                self._still[reading.detector_id] = still
+                if still >= self.settings.standing_s:
+                    zoned.queue_seen = report.time
             lane = self._start_loop.get(reading.detector_id)
             if lane is not None and reading.occupancy >= self.settings.queue_occupancy:
                 self._full_since[lane] = report.time
@@ -255,7 +276,12 @@ class IncidentDetector:
 
     def _jam_ahead(self, approach: _Approach, now: float) -> bool:
         """An exit lane full back to its start (its first loop held occupied), or
-        estimated nearly full: the approach is held back by a jam, not by a stopped vehicle."""
+        estimated nearly full, while the approach's own queue stands at its stop line: the
+        approach is held back by a jam, not by a stopped vehicle. With nothing standing at
+        the stop line a full exit holds nobody back: the vehicles that do not arrive
+        stopped before it (behind a vehicle stalled on the link)."""
+        if now - approach.present_seen >= self.settings.jam_at_line_s:
+            return False
         if any(now - self._full_since.get(lane, float("-inf")) < self.settings.queue_memory_s for lane, _ in approach.exits):
             return True
         if self.state is None:

@@ -15,9 +15,12 @@ def write_detector_file(stations: list[Station], path: Path) -> None:
     lines = ["<additional>"]
     for station in stations:
         for loop in station.loops:
+            # A zone is a lane-area detector: an extended induction loop misses a vehicle
+            # that changes onto the lane inside it, which a field zone sees.
+            kind, length = ("laneAreaDetector", f' length="{loop.length_m:.2f}"') if loop.length_m > 0 else ("inductionLoop", "")
             lines.append(
-                f'  <inductionLoop id={quoteattr(loop.detector_id)} lane={quoteattr(loop.lane)} '
-                f'pos="{loop.pos_m:.2f}" period="3600" file="NUL"/>'
+                f'  <{kind} id={quoteattr(loop.detector_id)} lane={quoteattr(loop.lane)} '
+                f'pos="{loop.pos_m:.2f}"{length} period="3600" file="NUL"/>'
             )
     lines.append("</additional>")
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -116,7 +116,10 @@ class Twin:
         self.now = libsumo.simulation.getTime()
         for station in self.stations:
             for loop in station.loops:
-                libsumo.inductionloop.subscribe(loop.detector_id, [_IDS, _OCC, _SPEED])
+                if loop.length_m > 0:
+                    libsumo.lanearea.subscribe(loop.detector_id, [_IDS])
+                else:
+                    libsumo.inductionloop.subscribe(loop.detector_id, [_IDS, _OCC, _SPEED])
         if self.local_program is None:
             for intersection in self.network.intersections.values():
                 self.controllers[intersection.id] = SignalController(
@@ -168,16 +171,19 @@ class Twin:
 
     def _detector_reports(self) -> list:
         results = libsumo.inductionloop.getAllSubscriptionResults()
+        zones = libsumo.lanearea.getAllSubscriptionResults()
         events: list = []
         for station in self.stations:
             readings = []
             for loop in station.loops:
-                data = results[loop.detector_id]
+                data = zones[loop.detector_id] if loop.length_m > 0 else results[loop.detector_id]
                 present = frozenset(data[_IDS])
                 entered = present - self._on_loop.get(loop.detector_id, frozenset())
                 self._on_loop[loop.detector_id] = present
+                # a zone's presence is sampled at the end of the step (as a video zone's state)
+                occupancy = (1.0 if present else 0.0) if loop.length_m > 0 else min(1.0, data[_OCC] / 100.0)
                 readings.append({"detector_id": loop.detector_id, "lane": loop.lane, "position": loop.position,
-                                 "count": len(entered), "occupancy": min(1.0, data[_OCC] / 100.0)})
+                                 "count": len(entered), "occupancy": occupancy})
                 camera = station.cameras.get(loop.detector_id)
                 if camera is not None:
                     events += [self._passage(camera, loop.lane, vid, data[_SPEED]) for vid in sorted(entered)]
