@@ -13,9 +13,11 @@ from urbanbrain.state.model import CityState, LaneState
 from urbanbrain.twin.sumo_twin import synthetic_plate
 
 
-def _setup(grid_net: Path, state: CityState | None):
+def _setup(grid_net: Path, state: CityState | None, zones: bool = True):
+    """`zones` False: an inventory without stop-bar zones (only point loops at the stop line)."""
     network = read_network(grid_net)
-    station = next(s for s in place_devices(network, DeviceLayout()) if s.intersection == "A0")
+    layout = DeviceLayout() if zones else DeviceLayout(presence_zone_m=0.0)
+    station = next(s for s in place_devices(network, layout) if s.intersection == "A0")
     edge = next(a.edge for a in network.intersections["A0"].approaches if a.from_intersection is None)
     loops = [loop for loop in station.loops if network.lanes[loop.lane].edge == edge]
     entry_camera = next(station.cameras[loop.detector_id] for loop in loops if loop.position == "entry")
@@ -37,10 +39,10 @@ def _second(detector, station, time: float, seq: int, counts: dict[str, int] | N
     detector.on_detector(DetectorReport(device_id=station.device_id, seq=seq, time=time, interval_s=1.0, readings=readings))
 
 
-def _watched(net: Path):
+def _watched(net: Path, zones: bool = True):
     """A0's station with a state estimate, and the approach and entry lane a test watches."""
     state = CityState(source="sensors")
-    detector, station, edge, loops, camera = _setup(net, state)
+    detector, station, edge, loops, camera = _setup(net, state, zones)
     state.lanes = {loop.lane: LaneState() for loop in loops}
     lane = next(loop.lane for loop in loops if loop.position == "entry")
     return detector, station, loops, camera, state, detector._entry_camera[camera], lane
@@ -73,9 +75,10 @@ def test_a_vehicle_explained_away_for_ten_minutes_is_forgotten_not_alerted(grid_
 def test_a_drifted_lane_count_does_not_explain_a_stopped_vehicle_away(grid_net: Path):
     """Five vehicles counted in at a red lane's advance loop and never out (they changed
     lanes around something) would say five may be waiting there; the state estimate,
-    corrected by occupancy, says none are, and then the overdue vehicle is alerted."""
+    corrected by occupancy, says none are, and then the overdue vehicle is alerted (on
+    point loops alone: an empty stop-bar zone would tell so by itself)."""
     for state, alerted in ((None, False), (CityState(source="sensors"), True)):
-        detector, station, edge, loops, camera = _setup(grid_net, state)
+        detector, station, edge, loops, camera = _setup(grid_net, state, zones=False)
         advance = next(loop for loop in loops if loop.position == "advance")
         if state is not None:
             state.lanes = {loop.lane: LaneState() for loop in loops}
@@ -144,6 +147,57 @@ def test_a_queue_standing_on_the_stop_bar_zone_off_the_loop_explains_overdue_veh
         assert bool(detector.alerts) is alerted
 
 
+def test_a_queue_holds_only_vehicles_due_after_its_stop_line_last_stood_clear(grid_net: Path):
+    """A queue standing at the stop line may hold an overdue vehicle only if that vehicle
+    was due there after the stop-bar zone last stood empty: one due before had arrived
+    while nobody stood there, and would have been let across or be standing first. So a
+    queue that formed after the vehicle was due does not explain it away (on hangzhou_4x4
+    the red queues of other lanes hid a vehicle stalled for ten minutes), and one that
+    stood since before it was due does."""
+    for cleared_after_due, alerted in ((True, True), (False, False)):
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
+        _enter(detector, camera, lane, "v", 1.0, 0)
+        due = 1.0 + detector.settings.drive_factor * approach.drive_s
+        for second in range(2, int(approach.expected_s) + 15):
+            queue = second > due + 5 if cleared_after_due else True
+            _second(detector, station, float(second), second, queue=queue)
+        assert bool(detector.alerts) is alerted
+
+
+def test_an_alerted_vehicle_that_drives_on_resolves_its_alert_and_has_more_time_next(grid_net: Path):
+    """A vehicle alerted as stopped and then read at the stop line had not stopped for good
+    (slow, or stalled and started again): its alert is resolved then, and the others on
+    the link, held by whatever held it, have their time again. On the next link it drives
+    it has as many times its free driving time as it took here (hangzhou_4x4: one vehicle
+    at half the speed limit was alerted on three links in a row)."""
+    detector, station, loops, camera, state, approach, lane = _watched(grid_net)
+    stop_camera = _stop_camera(station, loops)
+    _enter(detector, camera, lane, "slow", 0.0, 0)
+    _enter(detector, camera, lane, "other", 10.0, 1)
+    alerted = int(approach.expected_s) + 2
+    for second in range(1, alerted + 1):
+        _second(detector, station, float(second), second)
+    assert len(detector.alerts) == 1 and detector.alerts[0].started_at == 0.0
+    arrived = alerted + 20
+    for second in range(alerted + 1, arrived):
+        _second(detector, station, float(second), second)
+    _enter(detector, stop_camera, lane, "slow", float(arrived), 2)
+    assert detector.alerts[0].resolved_at == arrived, "it drove on"
+    for second in range(arrived, arrived + int(approach.expected_s) - 2):
+        _second(detector, station, float(second), second)
+    assert len(detector.alerts) == 1, "the other vehicle, held like it, has its time again"
+    _enter(detector, stop_camera, lane, "other", float(arrived + approach.expected_s - 2), 3)
+    again = arrived + int(approach.expected_s)
+    _enter(detector, camera, lane, "slow", float(again), 4)
+    slow_s = arrived - detector.settings.drive_factor * approach.drive_s  # it took `arrived` s here: that much longer
+    for second in range(again + 1, again + int(approach.expected_s + slow_s) - 2):
+        _second(detector, station, float(second), second)
+    assert len(detector.alerts) == 1, "on its next trip it has the time it took"
+    for second in range(again + int(approach.expected_s + slow_s) - 2, again + int(approach.expected_s + slow_s) + 5):
+        _second(detector, station, float(second), second)
+    assert len(detector.alerts) == 2, "and no more"
+
+
 def _stop_camera(station, loops) -> str:
     return next(station.cameras[loop.detector_id] for loop in loops if loop.position == "stopline")
 
@@ -204,9 +258,10 @@ def test_vehicles_behind_a_queue_longer_than_the_loops_see_have_time_to_leave(gr
     """A queue at a red reaching back past the advance loop: the loops count the vehicles
     near the stop line as waiting, the ones behind them are late only by the time the
     vehicles ahead need to leave, so no alert (without that allowance there is one);
-    when nobody leaves for long the first vehicles are alerted all the same."""
+    when nobody leaves for long the first vehicles are alerted all the same (point loops
+    only, as the loops count them)."""
     for headway_s, alerted_early in ((4.0, False), (0.0, True)):
-        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net, zones=False)
         detector.settings = replace(detector.settings, queue_headway_s=headway_s)
         advance = next(loop for loop in loops if loop.position == "advance" and loop.lane == lane)
         state.lanes[lane] = LaneState(vehicles=8, queue=3)

@@ -5,11 +5,11 @@ Every long approach has an ANPR camera where it begins and one at its stop line.
 vehicle read at the first and not yet at the second is on the way; normally it
 arrives within the time it takes to drive the link, plus the wait in the queue at a
 red. So when a vehicle is overdue (well past the driving time) and nothing at the
-stop line explains it — no queue standing there (its loop held occupied, or its
-stop-bar zone held with no vehicle coming onto it), no more overdue vehicles than a red
-(or yielding) lane holds, no exit lane full back to its start while the approach's own
-queue reaches its stop line —
-nothing explains where it is but that it has stopped on the link (after a jam ahead that
+stop line explains it — no queue standing there that it may be in (its loop held
+occupied, or its stop-bar zone held with no vehicle coming onto it; a queue holds only
+vehicles due at the stop line after it last stood empty), no more overdue vehicles than
+a red (or yielding) lane holds, no exit lane full back to its start while the
+approach's own queue reaches its stop line — nothing explains where it is but that it has stopped on the link (after a jam ahead that
 lasted longer than the link's expected time, which holds back every vehicle on it, the
 clock of each starts again when the jam eases; a queue at the stop line that no green
 lets across, its junction locked, is such a jam; and a vehicle has a headway more for
@@ -28,7 +28,9 @@ without an alert is forgotten: a read was missed or the vehicle
 left the road (towed, parked), and an alert that late would help nobody.
 
 The alert is resolved when the overdue vehicles are read at the stop line (they drove
-on), on a one-lane link when a vehicle that entered behind them is (nobody overtakes
+on: whatever held them held the others on the link too, whose clocks start again, and
+a vehicle that slow has as many times its driving time as it took on every link it
+drives next), on a one-lane link when a vehicle that entered behind them is (nobody overtakes
 there: they were taken away), or when the link has carried traffic normally again — every vehicle that
 entered after the incident was found arriving in its driving time — for a while
 (they were towed away; nothing on the road says so).
@@ -39,6 +41,7 @@ time, plus seconds of traffic-signal waiting.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from urbanbrain.core.bus import EventBus
@@ -89,6 +92,9 @@ class _Lane:
     protected_since: float | None = None  # its movements all show protected green (`G`) since
     green_since: float | None = None  # one of its movements shows green (`G` or `g`) since
     crossed: float = float("-inf")  # last time a vehicle crossed its stop line
+    queue_seen: float = float("-inf")  # last time a queue stood at its stop line
+    clear_s: float = 0.0  # its stop-bar zone has been empty this long ...
+    cleared: float = float("-inf")  # ... and was empty for `standing_s` last then
 
 
 @dataclass
@@ -96,6 +102,7 @@ class _Approach:
     edge: str
     intersection: str
     expected_s: float
+    drive_s: float  # its free driving time
     from_m: float
     to_m: float
     stoplines: frozenset[str]
@@ -110,7 +117,7 @@ class _Approach:
     lanes: dict[str, _Lane] = field(default_factory=dict)
     exits: tuple[tuple[str, float], ...] = ()  # (exit lane, its standing capacity in vehicles)
     alert: IncidentAlert | None = None
-    stopped: set[str] = field(default_factory=set)  # plates of the alert's vehicles
+    stopped: dict[str, float] = field(default_factory=dict)  # the alert's vehicles: plate -> when it entered
     stopped_last: int = 0  # entry number of the alert's last vehicle
     in_time: int = 0  # vehicles entering after the alert that arrived in time, in a row
 
@@ -125,6 +132,10 @@ class IncidentDetector:
         self.settings = settings or DetectorSettings()
         self.state = state
         self.alerts: list[IncidentAlert] = []
+        # plate -> how many times its free driving time a vehicle took on a link where it
+        # was alerted and then drove on: slow (a learner, a truck, a lost driver), it has
+        # that long on every link it drives next
+        self._slow: dict[str, float] = {}
         self._entry_camera: dict[str, _Approach] = {}
         self._stop_camera: dict[str, _Approach] = {}
         self._stopline_loop: dict[str, _Approach] = {}
@@ -162,9 +173,9 @@ class IncidentDetector:
                 start = min(loop.pos_m for loop, _ in seen["entry"])
                 end = max(loop.pos_m for loop, _ in seen["stopline"])
                 speed = min(network.lanes[loop.lane].speed_limit_ms for loop, _ in seen["entry"])
-                approach = _Approach(edge, owner[edge],
-                                     self.settings.drive_factor * (end - start) / max(1.0, speed) + self.settings.signal_wait_s,
-                                     start, end, frozenset(loop.detector_id for loop, _ in seen["stopline"]))
+                drive_s = (end - start) / max(1.0, speed)
+                approach = _Approach(edge, owner[edge], self.settings.drive_factor * drive_s + self.settings.signal_wait_s,
+                                     drive_s, start, end, frozenset(loop.detector_id for loop, _ in seen["stopline"]))
                 for _, camera in seen["entry"]:
                     self._entry_camera[camera] = approach
                 for loop, camera in seen["stopline"]:
@@ -214,15 +225,20 @@ class IncidentDetector:
                 watched[id(approach)] = approach
                 if reading.occupancy >= self.settings.queue_occupancy:
                     approach.queue_seen = approach.present_seen = report.time
+                    approach.lanes[reading.lane].queue_seen = report.time
             zoned = self._presence_zone.get(reading.detector_id)
             if zoned is not None:
                 held = reading.occupancy >= self.settings.queue_occupancy
                 if held:
                     zoned.present_seen = report.time
+                lane_entry = zoned.lanes[reading.lane]
+                lane_entry.clear_s = 0.0 if reading.occupancy > 0 else lane_entry.clear_s + report.interval_s
+                if lane_entry.clear_s >= self.settings.standing_s:
+                    lane_entry.cleared = report.time
                 still = self._still.get(reading.detector_id, 0.0) + report.interval_s if held and not reading.count else 0.0
                 self._still[reading.detector_id] = still
                 if still >= self.settings.standing_s:
-                    zoned.queue_seen = report.time
+                    zoned.queue_seen = lane_entry.queue_seen = report.time
             lane = self._start_loop.get(reading.detector_id)
             if lane is not None and reading.occupancy >= self.settings.queue_occupancy:
                 self._full_since[lane] = report.time
@@ -243,7 +259,12 @@ class IncidentDetector:
             approach.on_way[passage.plate] = (passage.time, approach.entries)
             return
         approach = self._stop_camera.get(passage.device_id)
-        if approach is None or passage.plate not in approach.on_way:
+        if approach is None:
+            return
+        if passage.plate in approach.stopped:
+            self._drove_on(approach, passage.plate, passage.time)
+            return
+        if passage.plate not in approach.on_way:
             return
         entered, number = approach.on_way.pop(passage.plate)
         approach.arrived_after.pop(passage.plate, None)
@@ -251,6 +272,15 @@ class IncidentDetector:
             if earlier < number:
                 approach.arrived_after[plate] = approach.arrived_after.get(plate, 0) + 1
         self._arrived(approach, passage.plate, number, passage.time - entered, passage.time)
+
+    def _drove_on(self, approach: _Approach, plate: str, now: float) -> None:
+        """An alert's vehicle read at the stop line: it had not stopped for good (slow, or
+        stalled and started again). When all of them are, the alert is resolved."""
+        took = (now - approach.stopped.pop(plate)) / max(1.0, approach.drive_s)
+        self._slow[plate] = max(took, self._slow.get(plate, 0.0))
+        if not approach.stopped and approach.alert is not None:
+            approach.jam_seen = now  # what held them held the others too: they have their time again
+            self._resolve(approach, now)
 
     def _arrived(self, approach: _Approach, plate: str, number: int, took_s: float, now: float) -> None:
         alert = approach.alert
@@ -264,11 +294,6 @@ class IncidentDetector:
             # them, see `_resolve`).
             approach.jam_seen = now
             self._resolve(approach, now, towed=True)
-            return
-        if plate in approach.stopped:
-            approach.stopped.discard(plate)
-            if not approach.stopped:
-                self._resolve(approach, now)  # they drove on
             return
         approach.in_time = approach.in_time + 1 if took_s <= approach.expected_s else 0
         if approach.in_time >= self.settings.recovered_vehicles and now - alert.detected_at >= self.settings.recovered_s:
@@ -327,7 +352,7 @@ class IncidentDetector:
                 approach.arrived_after.pop(plate, None)
         approach.alert.resolved_at = now
         approach.alert = None
-        approach.stopped = set()
+        approach.stopped = {}
         approach.in_time = 0
 
     def _check(self, approach: _Approach, now: float) -> None:
@@ -341,8 +366,6 @@ class IncidentDetector:
                 approach.jam_seen = now
             return
         approach.jam_since = None
-        if now - approach.queue_seen < s.queue_memory_s:
-            return
         for plate in [p for p, (entered, _) in approach.on_way.items()
                       if now - max(entered, approach.jam_seen) > approach.expected_s + s.stale_s]:
             del approach.on_way[plate]  # explained away so long: read missed, or it left the road (towed, parked)
@@ -354,17 +377,31 @@ class IncidentDetector:
         # leave it (a residual queue discharging after a jam or an incident cleared).
         per_vehicle_s = s.queue_headway_s / len(approach.lanes)
         overdue = [(plate, entered) for ahead, (plate, (entered, _)) in enumerate(approach.on_way.items())
-                   if now - max(entered, approach.jam_seen) > approach.expected_s + ahead * per_vehicle_s]
+                   if now - max(entered, approach.jam_seen) > approach.expected_s + ahead * per_vehicle_s
+                   + max(0.0, self._slow.get(plate, 0.0) - s.drive_factor) * approach.drive_s]
+        if not overdue:
+            return
+        # A lane's queue can hold only the overdue vehicles due at its stop line after the
+        # last time nobody stood there: the ones due before had arrived while it was
+        # empty, and were let across or would be standing first in it now.
+        due = sorted(max(entered, approach.jam_seen) + s.drive_factor * approach.drive_s for _, entered in overdue)
+
+        def could_hold(lane: _Lane) -> int:
+            return len(due) - bisect.bisect_left(due, lane.cleared)
+
+        if any(now - lane.queue_seen < s.queue_memory_s and could_hold(lane) for lane in approach.lanes.values()):
+            return  # a queue stands at the stop line, and the overdue vehicles may be in it
         # As many overdue vehicles as stand before a red (or a green just begun, or a
         # permissive one) may be waiting there.
-        waiting = round(sum(self._held(lane_id, lane.between) for lane_id, lane in approach.lanes.items()
+        waiting = round(sum(min(self._held(lane_id, lane.between), could_hold(lane))
+                            for lane_id, lane in approach.lanes.items()
                             if lane.protected_since is None or now - lane.protected_since < s.start_up_s))
         if len(overdue) <= waiting:
             return
         overdue.sort(key=lambda item: item[1])
         overdue = overdue[:len(overdue) - waiting]
-        plates = {plate for plate, _ in overdue}
-        first = min(entered for _, entered in overdue)
+        plates = dict(overdue)
+        first = min(plates.values())
         approach.alert = IncidentAlert(
             id=f"{approach.edge}@{now:.0f}", edge=approach.edge, intersection=approach.intersection, zone="link",
             from_m=approach.from_m, to_m=approach.to_m, detected_at=now, started_at=first,
