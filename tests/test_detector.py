@@ -130,20 +130,22 @@ def test_a_full_exit_explains_nothing_while_no_queue_stands_at_the_stop_line(gri
         assert bool(detector.alerts) is alerted
 
 
-def test_a_queue_standing_on_the_stop_bar_zone_off_the_loop_explains_overdue_vehicles(grid_net: Path):
+def test_vehicles_on_the_stop_bar_zone_off_the_loop_may_hold_an_overdue_one(grid_net: Path):
     """The head of a queue may stop short of the stop-line point loop (behind a vehicle
-    still in the junction); the stop-bar zone still has it. A zone held occupied with no
-    vehicle coming onto it is a standing queue, and the overdue vehicle may be in it; a
-    zone held occupied by vehicles streaming across (one coming on every two seconds) is
-    no queue, and the overdue vehicle is alerted."""
-    for streaming, alerted in ((False, False), (True, True)):
+    still in the junction); the stop-bar zone still has it. Vehicles standing on the
+    zone, or streaming across it (one coming on every two seconds), while it has not
+    stood empty since the overdue vehicle was due, may include that vehicle: no alert.
+    Once the zone stood empty after it was due, the same stream does not hold it."""
+    for empty_after_due, alerted in ((None, False), (False, False), (True, True)):
         detector, station, loops, camera, state, approach, lane = _watched(grid_net)
         zones = [loop.detector_id for loop in loops if loop.position == "presence"]
         assert zones, "every approach lane has a stop-bar zone"
         _enter(detector, camera, lane, "v", 1.0, 0)
+        due = 1.0 + detector.settings.drive_factor * approach.drive_s
         for second in range(2, int(approach.expected_s) + 15):
-            counts = {zone_id: 1 for zone_id in zones} if streaming and second % 2 == 0 else None
-            _second(detector, station, float(second), second, counts=counts, zone=True)
+            counts = {zone_id: 1 for zone_id in zones} if empty_after_due is not None and second % 2 == 0 else None
+            occupied = not (empty_after_due and due < second <= due + 5)
+            _second(detector, station, float(second), second, counts=counts if occupied else None, zone=occupied)
         assert bool(detector.alerts) is alerted
 
 
@@ -281,8 +283,10 @@ def test_a_junction_that_lets_no_one_across_at_green_holds_its_queue_like_a_jam(
     """A queue at the stop line that does not move at green (the junction's box locked,
     its exits jammed beyond what the loops see) held every vehicle behind it: when it
     moves again after longer than the link's expected time, they get their driving time
-    again. A queue that crossed at its greens explains nothing once it has gone."""
-    for crossing, alerted_at_once in ((False, False), (True, True)):
+    again. A queue that crossed at its greens explains nothing once it has gone. The head
+    may stand short of the stop-line loop: a stop-bar zone held with nobody coming onto
+    it for 3 s is a standing queue too."""
+    for crossing, short, alerted_at_once in ((False, False, False), (True, False, True), (False, True, False)):
         detector, station, loops, camera, state, approach, lane = _watched(grid_net)
         stopline = [loop.detector_id for loop in loops if loop.position == "stopline"]
         groups = {g for lane_groups in detector._groups["A0"].values() for g in lane_groups}
@@ -294,7 +298,7 @@ def test_a_junction_that_lets_no_one_across_at_green_holds_its_queue_like_a_jam(
         eased = 2 + int(1.5 * approach.expected_s)
         for second in range(2, eased):
             counts = {loop: 1 for loop in stopline} if crossing and second % 3 == 0 else None
-            _second(detector, station, float(second), second, counts=counts, queue=True)
+            _second(detector, station, float(second), second, counts=counts, queue=not short, zone=short)
         assert detector.alerts == []
         for second in range(eased, eased + 15):
             _second(detector, station, float(second), second)

@@ -5,19 +5,24 @@ Every long approach has an ANPR camera where it begins and one at its stop line.
 vehicle read at the first and not yet at the second is on the way; normally it
 arrives within the time it takes to drive the link, plus the wait in the queue at a
 red. So when a vehicle is overdue (well past the driving time) and nothing at the
-stop line explains it — no queue standing there that it may be in (its loop held
-occupied, or its stop-bar zone held with no vehicle coming onto it; a queue holds only
-vehicles due at the stop line after it last stood empty), no more overdue vehicles than
-a red (or yielding) lane holds, no exit lane full back to its start while the
-approach's own queue reaches its stop line — nothing explains where it is but that it has stopped on the link (after a jam ahead that
-lasted longer than the link's expected time, which holds back every vehicle on it, the
-clock of each starts again when the jam eases; a queue at the stop line that no green
-lets across, its junction locked, is such a jam; and a vehicle has a headway more for
-each vehicle that entered before it and is still on the link, the queue it waits behind):
-broken down, or crashed — if more than one vehicle is overdue together on the same
-link, a crash. Plate reads are exact identities, so unlike loop counts they do not
-drift: a count that lost one vehicle would raise a false alarm for ever, a plate
-never read downstream raises it once.
+stop line explains it, nothing explains where it is but that it has stopped on the
+link: broken down, or crashed (if more than one vehicle is overdue together on the
+same link, a crash). What explains it:
+- vehicles at the stop line it may be among: a loop held occupied, or a stop-bar zone
+  occupied by vehicles standing or moving across; but a lane's stop line holds only
+  vehicles due there after it last stood empty;
+- a red (or yielding) lane: as many overdue vehicles as it holds may wait there;
+- an exit lane full back to its start while the approach's own queue reaches its stop
+  line: a jam ahead. After a jam that lasted longer than the link's expected time
+  (which holds back every vehicle on it) the clock of each starts again when it eases;
+  a queue at the stop line that no green lets across, its junction locked, is such a
+  jam;
+- a vehicle has a headway more for each vehicle that entered before it and is still on
+  the link: the queue it waits behind.
+
+Plate reads are exact identities, so unlike loop counts they do not drift: a count
+that lost one vehicle would raise a false alarm for ever, a plate never read
+downstream raises it once.
 
 What may be waiting at the signal is counted between each lane's advance and stop-line
 loops, but never above the state estimate where there is one (vehicles changing lanes
@@ -62,6 +67,7 @@ class DetectorSettings:
     full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam ...
     jam_at_line_s: float = 10.0  # ... while its queue reaches the stop line (a vehicle stood there this recently)
     standing_s: float = 3.0  # a stop-bar zone occupied this long with no vehicle coming onto it holds a standing queue
+    at_line_s: float = 3.0  # a lane with a vehicle at its stop line this recently may hold an overdue vehicle (see _check)
     recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
     recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
     queue_headway_s: float = 4.0  # a vehicle still has this long per vehicle ahead of it on its lane (a saturation headway at half green)
@@ -92,7 +98,7 @@ class _Lane:
     protected_since: float | None = None  # its movements all show protected green (`G`) since
     green_since: float | None = None  # one of its movements shows green (`G` or `g`) since
     crossed: float = float("-inf")  # last time a vehicle crossed its stop line
-    queue_seen: float = float("-inf")  # last time a queue stood at its stop line
+    occupied: float = float("-inf")  # last time a vehicle was at its stop line (its loop held, or its zone occupied)
     clear_s: float = 0.0  # its stop-bar zone has been empty this long ...
     cleared: float = float("-inf")  # ... and was empty for `standing_s` last then
 
@@ -225,20 +231,20 @@ class IncidentDetector:
                 watched[id(approach)] = approach
                 if reading.occupancy >= self.settings.queue_occupancy:
                     approach.queue_seen = approach.present_seen = report.time
-                    approach.lanes[reading.lane].queue_seen = report.time
+                    approach.lanes[reading.lane].occupied = report.time
             zoned = self._presence_zone.get(reading.detector_id)
             if zoned is not None:
                 held = reading.occupancy >= self.settings.queue_occupancy
-                if held:
-                    zoned.present_seen = report.time
                 lane_entry = zoned.lanes[reading.lane]
+                if held:
+                    zoned.present_seen = lane_entry.occupied = report.time
                 lane_entry.clear_s = 0.0 if reading.occupancy > 0 else lane_entry.clear_s + report.interval_s
                 if lane_entry.clear_s >= self.settings.standing_s:
                     lane_entry.cleared = report.time
                 still = self._still.get(reading.detector_id, 0.0) + report.interval_s if held and not reading.count else 0.0
                 self._still[reading.detector_id] = still
                 if still >= self.settings.standing_s:
-                    zoned.queue_seen = lane_entry.queue_seen = report.time
+                    zoned.queue_seen = report.time
             lane = self._start_loop.get(reading.detector_id)
             if lane is not None and reading.occupancy >= self.settings.queue_occupancy:
                 self._full_since[lane] = report.time
@@ -389,8 +395,8 @@ class IncidentDetector:
         def could_hold(lane: _Lane) -> int:
             return len(due) - bisect.bisect_left(due, lane.cleared)
 
-        if any(now - lane.queue_seen < s.queue_memory_s and could_hold(lane) for lane in approach.lanes.values()):
-            return  # a queue stands at the stop line, and the overdue vehicles may be in it
+        if any(now - lane.occupied < s.at_line_s and could_hold(lane) for lane in approach.lanes.values()):
+            return  # vehicles stand at the stop line, or move across it, and the overdue ones may be among them
         # As many overdue vehicles as stand before a red (or a green just begun, or a
         # permissive one) may be waiting there.
         waiting = round(sum(min(self._held(lane_id, lane.between), could_hold(lane))
