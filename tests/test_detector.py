@@ -200,6 +200,27 @@ def test_an_alerted_vehicle_that_drives_on_resolves_its_alert_and_has_more_time_
     assert len(detector.alerts) == 2, "and no more"
 
 
+def test_a_vehicle_that_stalled_and_drove_on_is_not_taken_for_slow(grid_net: Path):
+    """A vehicle read at the stop line long after its alert (more than the link's expected
+    time) had stopped and started again, not driven slowly: on its next trip it has the
+    usual time. One found slow is remembered only for `slow_memory_s`."""
+    for came_after_s, memory_s, alerted_next_trip in ((200.0, 3600.0, True), (20.0, 3600.0, False), (20.0, 30.0, True)):
+        detector, station, loops, camera, state, approach, lane = _watched(grid_net)
+        detector.settings = replace(detector.settings, slow_memory_s=memory_s)
+        _enter(detector, camera, lane, "v", 0.0, 0)
+        alerted = int(approach.expected_s) + 2
+        arrived = alerted + int(came_after_s)
+        for second in range(1, arrived):
+            _second(detector, station, float(second), second)
+        assert len(detector.alerts) == 1
+        _enter(detector, _stop_camera(station, loops), lane, "v", float(arrived), 1)
+        again = arrived + 60
+        _enter(detector, camera, lane, "v", float(again), 2)
+        for second in range(arrived, again + int(approach.expected_s) + 10):
+            _second(detector, station, float(second), second)
+        assert (len(detector.alerts) == 2) is alerted_next_trip, (came_after_s, memory_s)
+
+
 def _stop_camera(station, loops) -> str:
     return next(station.cameras[loop.detector_id] for loop in loops if loop.position == "stopline")
 

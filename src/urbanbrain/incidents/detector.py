@@ -34,8 +34,8 @@ left the road (towed, parked), and an alert that late would help nobody.
 
 The alert is resolved when the overdue vehicles are read at the stop line (they drove
 on: whatever held them held the others on the link too, whose clocks start again, and
-a vehicle that slow has as many times its driving time as it took on every link it
-drives next), on a one-lane link when a vehicle that entered behind them is (nobody overtakes
+a vehicle that came soon after its alert, slow, has as many times its driving time as
+it took on every link it drives in the next hour), on a one-lane link when a vehicle that entered behind them is (nobody overtakes
 there: they were taken away), or when the link has carried traffic normally again — every vehicle that
 entered after the incident was found arriving in its driving time — for a while
 (they were towed away; nothing on the road says so).
@@ -67,6 +67,7 @@ class DetectorSettings:
     full_exit: float = 0.85  # an exit lane this full (of its standing capacity) holds the approach back: a jam ...
     jam_at_line_s: float = 10.0  # ... while its queue reaches the stop line (a vehicle stood there this recently)
     standing_s: float = 3.0  # a stop-bar zone occupied this long with no vehicle coming onto it holds a standing queue
+    slow_memory_s: float = 3600.0  # a plate found slow is remembered this long (a trip)
     at_line_s: float = 3.0  # a lane with a vehicle at its stop line this recently may hold an overdue vehicle (see _check)
     recovered_vehicles: int = 5  # vehicles in a row arriving in time after the alert ...
     recovered_s: float = 120.0  # ... over at least this long: traffic has recovered
@@ -138,10 +139,10 @@ class IncidentDetector:
         self.settings = settings or DetectorSettings()
         self.state = state
         self.alerts: list[IncidentAlert] = []
-        # plate -> how many times its free driving time a vehicle took on a link where it
-        # was alerted and then drove on: slow (a learner, a truck, a lost driver), it has
-        # that long on every link it drives next
-        self._slow: dict[str, float] = {}
+        # plate -> (how many times its free driving time a vehicle took on a link where it
+        # was alerted and soon drove on, when): slow (a learner, a truck, a lost driver), it
+        # has that long on every link it drives next, for `slow_memory_s`
+        self._slow: dict[str, tuple[float, float]] = {}
         self._entry_camera: dict[str, _Approach] = {}
         self._stop_camera: dict[str, _Approach] = {}
         self._stopline_loop: dict[str, _Approach] = {}
@@ -281,12 +282,21 @@ class IncidentDetector:
 
     def _drove_on(self, approach: _Approach, plate: str, now: float) -> None:
         """An alert's vehicle read at the stop line: it had not stopped for good (slow, or
-        stalled and started again). When all of them are, the alert is resolved."""
+        stalled and started again). When all of them are, the alert is resolved. One that
+        came within the link's expected time of the alert was slow, not stalled: that is
+        remembered for a while (no longer: the plate is personal data)."""
         took = (now - approach.stopped.pop(plate)) / max(1.0, approach.drive_s)
-        self._slow[plate] = max(took, self._slow.get(plate, 0.0))
+        self._slow = {p: seen for p, seen in self._slow.items() if now - seen[1] < self.settings.slow_memory_s}
+        if approach.alert is not None and now - approach.alert.detected_at <= approach.expected_s:
+            self._slow[plate] = (max(took, self._slow.get(plate, (0.0, now))[0]), now)
         if not approach.stopped and approach.alert is not None:
             approach.jam_seen = now  # what held them held the others too: they have their time again
             self._resolve(approach, now)
+
+    def _slowness(self, plate: str, now: float) -> float:
+        """How many times its free driving time the plate is known to take (0: not known)."""
+        factor, found = self._slow.get(plate, (0.0, now))
+        return factor if now - found < self.settings.slow_memory_s else 0.0
 
     def _arrived(self, approach: _Approach, plate: str, number: int, took_s: float, now: float) -> None:
         alert = approach.alert
@@ -384,7 +394,7 @@ class IncidentDetector:
         per_vehicle_s = s.queue_headway_s / len(approach.lanes)
         overdue = [(plate, entered) for ahead, (plate, (entered, _)) in enumerate(approach.on_way.items())
                    if now - max(entered, approach.jam_seen) > approach.expected_s + ahead * per_vehicle_s
-                   + max(0.0, self._slow.get(plate, 0.0) - s.drive_factor) * approach.drive_s]
+                   + max(0.0, self._slowness(plate, now) - s.drive_factor) * approach.drive_s]
         if not overdue:
             return
         # A lane's queue can hold only the overdue vehicles due at its stop line after the
