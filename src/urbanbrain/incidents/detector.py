@@ -100,6 +100,7 @@ class _Lane:
     green_since: float | None = None  # one of its movements shows green (`G` or `g`) since
     crossed: float = float("-inf")  # last time a vehicle crossed its stop line
     occupied: float = float("-inf")  # last time a vehicle was at its stop line (its loop held, or its zone occupied)
+    still_s: float = 0.0  # its stop-bar zone has been held with no vehicle coming onto it this long
     clear_s: float = 0.0  # its stop-bar zone has been empty this long ...
     cleared: float = float("-inf")  # ... and was empty for `standing_s` last then
 
@@ -117,7 +118,6 @@ class _Approach:
     entries: int = 0
     arrived_after: dict[str, int] = field(default_factory=dict)  # plate -> later entrants arrived
     queue_seen: float = float("-inf")  # last time a queue stood at its stop line (see on_detector)
-    present_seen: float = float("-inf")  # last time anything stood on its stop-bar zones or loops
     jam_seen: float = float("-inf")  # last time a long jam ahead held the approach back
     jam_since: float | None = None  # the jam ahead now holding it back began then
     blocked: bool = False  # the junction let none of its queue across at its last green (see _blocked_at_line)
@@ -147,7 +147,6 @@ class IncidentDetector:
         self._stop_camera: dict[str, _Approach] = {}
         self._stopline_loop: dict[str, _Approach] = {}
         self._presence_zone: dict[str, _Approach] = {}
-        self._still: dict[str, float] = {}
         self._lane_loop: dict[str, tuple[_Approach, str, int]] = {}  # advance / stop-line loop -> (approach, lane, sign)
         self._groups: dict[str, dict[str, tuple[int, ...]]] = {}  # intersection -> lane -> its signal groups
         for intersection in network.intersections.values():
@@ -231,20 +230,18 @@ class IncidentDetector:
             if approach is not None:
                 watched[id(approach)] = approach
                 if reading.occupancy >= self.settings.queue_occupancy:
-                    approach.queue_seen = approach.present_seen = report.time
-                    approach.lanes[reading.lane].occupied = report.time
+                    approach.queue_seen = approach.lanes[reading.lane].occupied = report.time
             zoned = self._presence_zone.get(reading.detector_id)
             if zoned is not None:
                 held = reading.occupancy >= self.settings.queue_occupancy
                 lane_entry = zoned.lanes[reading.lane]
                 if held:
-                    zoned.present_seen = lane_entry.occupied = report.time
+                    lane_entry.occupied = report.time
                 lane_entry.clear_s = 0.0 if reading.occupancy > 0 else lane_entry.clear_s + report.interval_s
                 if lane_entry.clear_s >= self.settings.standing_s:
                     lane_entry.cleared = report.time
-                still = self._still.get(reading.detector_id, 0.0) + report.interval_s if held and not reading.count else 0.0
-                self._still[reading.detector_id] = still
-                if still >= self.settings.standing_s:
+                lane_entry.still_s = lane_entry.still_s + report.interval_s if held and not reading.count else 0.0
+                if lane_entry.still_s >= self.settings.standing_s:
                     zoned.queue_seen = report.time
             lane = self._start_loop.get(reading.detector_id)
             if lane is not None and reading.occupancy >= self.settings.queue_occupancy:
@@ -321,7 +318,7 @@ class IncidentDetector:
         approach is held back by a jam, not by a stopped vehicle. With nothing standing at
         the stop line a full exit holds nobody back: the vehicles that do not arrive
         stopped before it (behind a vehicle stalled on the link)."""
-        if now - approach.present_seen >= self.settings.jam_at_line_s:
+        if now - max(lane.occupied for lane in approach.lanes.values()) >= self.settings.jam_at_line_s:
             return False
         if any(now - self._full_since.get(lane, float("-inf")) < self.settings.queue_memory_s for lane, _ in approach.exits):
             return True
@@ -394,7 +391,7 @@ class IncidentDetector:
         per_vehicle_s = s.queue_headway_s / len(approach.lanes)
         overdue = [(plate, entered) for ahead, (plate, (entered, _)) in enumerate(approach.on_way.items())
                    if now - max(entered, approach.jam_seen) > approach.expected_s + ahead * per_vehicle_s
-                   + max(0.0, self._slowness(plate, now) - s.drive_factor) * approach.drive_s]
+                   + (max(0.0, self._slowness(plate, now) - s.drive_factor) * approach.drive_s if plate in self._slow else 0.0)]
         if not overdue:
             return
         # A lane's queue can hold only the overdue vehicles due at its stop line after the
