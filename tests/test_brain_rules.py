@@ -135,3 +135,19 @@ def test_the_next_green_is_the_one_that_sends_most_vehicles_per_second():
     decisions = [d for d in brain.decide(state, 100.0) if not d.keep]
     assert [d.phase for d in decisions] == [2]
     assert "more than 3: 12.0 veh" in decisions[0].reason
+
+
+def test_a_snapshot_plays_ahead_without_touching_the_brain(grid_net: Path):
+    """The rollout probe plays the brain ahead from a snapshot and goes back: what the
+    snapshot sees and orders must not leak into the brain it was taken from."""
+    brain = BrainController(read_network(grid_net))
+    waiting = {"B0A0_0": LaneState(vehicles=4, queue=4)}
+    brain.decide(_state(100.0, 3.0, waiting), 100.0)  # minimum green not yet served: nothing ordered
+    twin = brain.snapshot()
+    order = twin.order_change("A0", 1, _state(101.0, 4.0, waiting), "test")
+    assert (order.phase, order.min_green_s) == (1, 2.0 + 2.0 * 4)  # start-up + a headway per vehicle
+    twin.decide(_state(150.0, 4.0, {}), 150.0)  # in the snapshot's future the queue has gone
+    assert "B0A0_0" not in twin._red_since and "B0A0_0" in brain._red_since
+    # Had the order's initial green leaked, the brain would wait for it (10 s) before deciding.
+    decisions = _a0(brain.decide(_state(102.0, 7.0, waiting), 102.0))
+    assert [(d.phase, d.min_green_s) for d in decisions] == [(1, 10.0)]

@@ -39,6 +39,7 @@ explained, and no command is sent).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from urbanbrain.control.base import PhaseDecision
@@ -147,6 +148,26 @@ class BrainController:
                 decisions.append(routed)
                 self._initial[intersection_id] = routed.min_green_s
         return decisions
+
+    def snapshot(self) -> BrainController:
+        """A copy whose memory (waits at red, held-up lanes, orders under way) evolves
+        apart from this one's, so that a research tool can play the brain ahead from
+        the same moment (scripts/rollout-probe) and go back."""
+        twin = copy.copy(self)
+        twin._red_since, twin._green_since = dict(self._red_since), dict(self._green_since)
+        twin._stalled, twin._guarding, twin._initial = set(self._stalled), dict(self._guarding), dict(self._initial)
+        return twin
+
+    def guard_pending(self, intersection_id: str) -> bool:
+        """Whether a change the starvation guard ordered here is still on its way."""
+        return intersection_id in self._guarding
+
+    def order_change(self, intersection_id: str, phase: int, state: CityState, reason: str) -> PhaseDecision:
+        """A change to `phase` decided elsewhere (a research tool's choice), with the
+        initial green the brain gives that phase's waiting queue, remembered as ordered."""
+        min_green_s = self._initial_s(self._demands(intersection_id, state, None)[phase])
+        self._initial[intersection_id] = min_green_s
+        return PhaseDecision(intersection_id, phase, min_green_s, reason, self.weights(intersection_id, state))
 
     def forget_orders(self, intersection_id: str) -> None:
         """Something else decided for this intersection (an emergency vehicle's priority):
