@@ -86,6 +86,11 @@ def _clearing(intersection: Intersection, index: int, always: frozenset[int]) ->
     return lanes, clearing
 
 
+def _totals(demands: list[dict[str, float]]) -> dict[int, float]:
+    """Per phase, the vehicles all its lanes would send across (a phase's weight)."""
+    return {index: sum(lanes.values()) for index, lanes in enumerate(demands)}
+
+
 @dataclass
 class BrainController:
     network: Network
@@ -165,9 +170,10 @@ class BrainController:
     def order_change(self, intersection_id: str, phase: int, state: CityState, reason: str) -> PhaseDecision:
         """A change to `phase` decided elsewhere (a research tool's choice), with the
         initial green the brain gives that phase's waiting queue, remembered as ordered."""
-        min_green_s = self._initial_s(self._demands(intersection_id, state, None)[phase])
+        demands = self._demands(intersection_id, state, None)
+        min_green_s = self._initial_s(demands[phase])
         self._initial[intersection_id] = min_green_s
-        return PhaseDecision(intersection_id, phase, min_green_s, reason, self.weights(intersection_id, state))
+        return PhaseDecision(intersection_id, phase, min_green_s, reason, _totals(demands))
 
     def forget_orders(self, intersection_id: str) -> None:
         """Something else decided for this intersection (an emergency vehicle's priority):
@@ -215,7 +221,7 @@ class BrainController:
         return PhaseDecision(intersection_id, target, self._initial_s(demands[target]),
                              f"starvation guard: {oldest} has waited {now - self._red_since[oldest]:.0f} s at red "
                              f"(limit {self.settings.max_wait_s:g} s)",
-                             {index: sum(lanes.values()) for index, lanes in enumerate(demands)})
+                             _totals(demands))
 
     def _track_waits(self, intersection_id: str, signal_state: str, state: CityState, now: float) -> None:
         for lane, groups in self._controlled[intersection_id].items():
@@ -238,7 +244,7 @@ class BrainController:
                 self._red_since.setdefault(lane, now - (lane_state.head_standing_s if stalled else 0.0))
 
     def weights(self, intersection_id: str, state: CityState, current: int | None = None) -> dict[int, float]:
-        return {index: sum(lanes.values()) for index, lanes in enumerate(self._demands(intersection_id, state, current))}
+        return _totals(self._demands(intersection_id, state, current))
 
     def _demands(self, intersection_id: str, state: CityState, current: int | None) -> list[dict[str, float]]:
         """Per phase, the vehicles each of its lanes would send across the stop line."""
@@ -268,7 +274,7 @@ class BrainController:
     def _decide_one(self, intersection_id: str, phases: list[_PhaseLinks], current: int, state: CityState,
                     now: float) -> PhaseDecision | None:
         demands = self._demands(intersection_id, state, current)
-        weights = {index: sum(lanes.values()) for index, lanes in enumerate(demands)}
+        weights = _totals(demands)
         others = {k: w for k, w in weights.items() if k != current}
         if not others:
             return None
