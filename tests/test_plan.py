@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from urbanbrain.control.plan import PlannedBrain, parse_plans
+from urbanbrain.control.plan import PlannedBrain, add_stages, parse_plans
+from urbanbrain.control.safety import SafetyLayer, UnsafePhaseError
 from urbanbrain.network import read_network
 from urbanbrain.state.model import CityState, LaneState, SignalStatus
 
@@ -49,3 +50,19 @@ def test_a_planned_intersection_follows_its_plan_and_the_rest_the_brain(grid_net
     back = [d for d in brain.decide(_state(130.0, {"A0": (1, 12.0), "B0": (1, 30.0)}, {}, network), 130.0)
             if d.intersection == "A0" and not d.keep]
     assert [(d.phase, d.min_green_s) for d in back] == [(0, 30.0)], "the cycle starts again"
+
+
+def test_an_added_stage_is_a_phase_and_an_unsafe_one_is_refused(grid_net: Path):
+    network = read_network(grid_net)
+    a0 = network.intersections["A0"]
+    with pytest.raises(ValueError, match="signal groups"):
+        add_stages(network, ["A0=GGG"])
+    with pytest.raises(ValueError, match="'Z9'"):
+        add_stages(network, ["Z9=" + "r" * a0.n_groups])
+    own = len(a0.phases)
+    add_stages(network, ["A0=" + a0.phases[0].state])  # a copy of a safe stage
+    assert len(a0.phases) == own + 1 and a0.phases[own].index == own
+    SafetyLayer(network)
+    add_stages(network, ["A0=" + "G" * a0.n_groups])  # every group green: crossing streams
+    with pytest.raises(UnsafePhaseError, match=f"phase {own + 1}"):
+        SafetyLayer(network)

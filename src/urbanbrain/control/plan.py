@@ -14,10 +14,26 @@ import json
 
 from urbanbrain.control.base import PhaseDecision
 from urbanbrain.control.brain import BrainController
-from urbanbrain.network.model import Network
+from urbanbrain.network.model import Network, Phase
 from urbanbrain.state.model import CityState
 
 Plans = dict[str, list[tuple[int, float]]]  # intersection -> [(phase, green_s), ...] in cycle order
+
+
+def add_stages(network: Network, stages: list[str]) -> None:
+    """Append stages the programme lacks, each `ID=STATE`, to their intersections'
+    phases (numbered after the programme's, in the order given): a what-if on a
+    different stage design. The field controllers show them as any phase, and the
+    safety layer refuses one that shows conflicting groups green together."""
+    for stage in stages:
+        intersection_id, _, state = stage.partition("=")
+        if intersection_id not in network.intersections:
+            raise ValueError(f"stage {stage!r}: no signalised intersection {intersection_id!r} in {network.name}")
+        intersection = network.intersections[intersection_id]
+        if len(state) != intersection.n_groups:
+            raise ValueError(f"stage {stage!r}: {intersection_id} has {intersection.n_groups} signal groups, "
+                             f"the state has {len(state)}")
+        intersection.phases = (*intersection.phases, Phase(len(intersection.phases), state, 0.0))
 
 
 def parse_plans(text: str, network: Network) -> Plans:
