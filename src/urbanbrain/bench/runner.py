@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from urbanbrain.bench.session import CitySession, RunResult
-from urbanbrain.network import read_network
-from urbanbrain.twin.scenario import load_scenario
+from urbanbrain.network import Network, read_network
+from urbanbrain.twin.scenario import Scenario, load_scenario
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,12 @@ class RunSpec:
 def run_isolated(spec: RunSpec) -> RunResult:
     """The whole run, in this process; meant to be called in a fresh one (see `run_all`)."""
     scenario = load_scenario(spec.scenario)
-    network = read_network(scenario.net_file)
+    return run_on(spec, scenario, read_network(scenario.net_file))
+
+
+def run_on(spec: RunSpec, scenario: Scenario, network: Network) -> RunResult:
+    """The run of `spec` on a network already read (a research tool may have changed it,
+    scripts/plan-probe adds stages), in this process."""
     explain_file = spec.explain_path.open("w", encoding="utf-8") if spec.explain_path else None
     sink = (lambda entry: explain_file.write(json.dumps(entry) + "\n")) if explain_file else None
     try:

@@ -61,6 +61,8 @@ class PlannedBrain(BrainController):
     def __init__(self, network: Network, plans: Plans) -> None:
         super().__init__(network)
         self.plans = plans
+        self._green = {k: dict(plan) for k, plan in plans.items()}
+        self._next = {k: {phase: plan[(i + 1) % len(plan)] for i, (phase, _) in enumerate(plan)} for k, plan in plans.items()}
 
     def decide(self, state: CityState, now: float) -> list[PhaseDecision]:
         decisions = [d for d in super().decide(state, now) if d.intersection not in self.plans]
@@ -68,14 +70,12 @@ class PlannedBrain(BrainController):
             signal = state.signals.get(intersection)
             if signal is None or signal.phase is None:
                 continue  # a change interval is under way
-            order = [phase for phase, _ in plan]
-            green = dict(plan)
-            if signal.phase not in green:
-                decisions.append(PhaseDecision(intersection, order[0], green[order[0]], "plan: start"))
-            elif signal.time_in_phase_s >= green[signal.phase]:
-                following = order[(order.index(signal.phase) + 1) % len(order)]
-                decisions.append(PhaseDecision(intersection, following, green[following],
-                                               f"plan: {signal.phase} -> {following}"))
+            following = self._next[intersection]  # phase -> (the phase after it, its green)
+            if signal.phase not in following:
+                decisions.append(PhaseDecision(intersection, plan[0][0], plan[0][1], "plan: start"))
+            elif signal.time_in_phase_s >= self._green[intersection][signal.phase]:
+                phase, green_s = following[signal.phase]
+                decisions.append(PhaseDecision(intersection, phase, green_s, f"plan: {signal.phase} -> {phase}"))
         return decisions
 
     def guard_pending(self, intersection_id: str) -> bool:
