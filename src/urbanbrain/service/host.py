@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
-import uvicorn
 
 from urbanbrain.incidents.injection import MIN_HORIZON_S, IncidentInjector, random_incidents
 from urbanbrain.network import read_network
@@ -21,6 +20,7 @@ from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
 from urbanbrain.service.field import TwinField, in_process_routes, in_process_transport
 from urbanbrain.service.keys import Principal, create_key
+from urbanbrain.service.server import run_server
 from urbanbrain.service.webhooks import WebhookDispatcher
 from urbanbrain.store import Store
 from urbanbrain.store.store import sqlite_url
@@ -164,7 +164,4 @@ def serve(options: HostOptions, announce) -> None:
     app = create_app(service, on_shutdown=host.stop)
     announce(f"http://{options.host}:{options.port}", key, created, data_dir)
     host.start()
-    try:
-        uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
-    except KeyboardInterrupt:  # a second Ctrl-C (a terminal signals `make` and the service alike) cuts the shutdown short
-        host.stop()
+    run_server(app, options.host, options.port, on_interrupt=host.stop)

@@ -225,8 +225,16 @@ class Store:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def revoke_key(self, name: str) -> bool:
+    def revoke_key(self, name: str, keep_an_admin: bool = False) -> bool:
+        """Revoke an active key; False if there is none of that name or (with
+        `keep_an_admin`) it is the last active admin key. The active admin keys are
+        locked first, so two revocations at once cannot both pass that check."""
         with self.engine.begin() as connection:
+            if keep_an_admin:
+                admins = connection.execute(select(api_keys.c.name).where(
+                    api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None)).with_for_update()).scalars().all()
+                if admins == [name]:
+                    return False
             result = connection.execute(update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
                                         .values(revoked_at=utcnow()))
         return result.rowcount > 0
