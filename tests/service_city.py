@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from urbanbrain.core.clock import CLOCK_DEVICE, CityClock, ClockSettings
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
@@ -15,10 +16,13 @@ from urbanbrain.store import Store
 
 
 class City:
-    """A service over the generated 2x2 grid, with one key per role."""
+    """A service over the generated 2x2 grid, with one key per role. Its brain keeps a
+    wall clock the test sets (`now`), or follows a replay's time server (`clock_report`)."""
 
-    def __init__(self, url: str, net_file: Path):
+    def __init__(self, url: str, net_file: Path, clock: str = "wall"):
         self.url = url
+        self.clock_mode = clock
+        self.now = 0.0
         self.network = read_network(net_file)
         self.store = Store(url)
         self.store.migrate()
@@ -30,7 +34,8 @@ class City:
 
     def open(self) -> None:
         self.service = ServiceState(self.store)
-        self.service.runtime = CityRuntime(self.network, self.store)
+        clock = CityClock(ClockSettings(mode=self.clock_mode), wall=lambda: self.now)
+        self.service.runtime = CityRuntime(self.network, self.store, clock=clock)
         self.client = TestClient(create_app(self.service))
 
     def restart(self) -> None:
@@ -50,6 +55,9 @@ class City:
         return {"kind": "controller", "device_id": f"ctl_{intersection}", "seq": seq, "time": time,
                 "intersection": intersection, "signal_state": phases[0].state, "phase": 0,
                 "time_in_phase_s": time, "mode": "remote"}
+
+    def clock_report(self, seq: int, time: float) -> dict:
+        return {"kind": "clock", "device_id": CLOCK_DEVICE, "seq": seq, "time": time}
 
     def detector_report(self, seq: int, time: float) -> dict:
         station = self.service.runtime.stations[0]

@@ -3,6 +3,7 @@
 from urbanbrain.devices.protocol import (
     PROTOCOL_VERSION,
     CameraPassage,
+    ClockReport,
     ControllerState,
     DetectorReport,
     EmergencyVehicleReport,
@@ -17,6 +18,7 @@ from urbanbrain.devices.protocol import (
 __all__ = [
     "PROTOCOL_VERSION",
     "CameraPassage",
+    "ClockReport",
     "ControllerState",
     "DetectorReport",
     "EmergencyVehicleReport",

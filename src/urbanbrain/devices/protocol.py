@@ -12,9 +12,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
+MAX_STAGE_S = 366 * 86400.0  # a controller reporting a stage older than a year reports nonsense
+MAX_COMMAND_VALID_S = 60.0
+# A lane's loop counts at most about one vehicle per second even at saturation (1,800-2,000
+# veh/h); twice that, plus two for vehicles on the loop at the interval's edges, is a fault.
+MAX_VEHICLES_PER_S = 2.0
+EDGE_VEHICLES = 2
 
 Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]  # printable ASCII, no spaces
 SignalState = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[rRyYgGsuoO]+$")]
@@ -31,7 +38,7 @@ class ProtocolError(ValueError):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    version: Literal["1.0"] = PROTOCOL_VERSION
+    version: Literal["1.0", "1.1"] = PROTOCOL_VERSION
     device_id: Identifier
     seq: int = Field(ge=0, le=2**63 - 1, description="per-device sequence number, for idempotent resend")
     time: float = Field(ge=0, allow_inf_nan=False, description="seconds (scenario clock or Unix time)")
@@ -67,6 +74,15 @@ class DetectorReport(_Message):
             seen.add(reading.detector_id)
         return readings
 
+    @model_validator(mode="after")
+    def _counts_fit_the_interval(self) -> DetectorReport:
+        most = int(MAX_VEHICLES_PER_S * self.interval_s) + EDGE_VEHICLES
+        for reading in self.readings:
+            if reading.count > most:
+                raise ValueError(f"loop {reading.detector_id!r} counted {reading.count} vehicles in {self.interval_s:g} s; "
+                                 f"a lane passes at most {most} in that time")
+        return self
+
 
 class CameraPassage(_Message):
     """An ANPR camera saw one vehicle cross its line."""
@@ -85,7 +101,7 @@ class ControllerState(_Message):
     intersection: Identifier
     signal_state: SignalState
     phase: int | None = Field(ge=0, description="green phase index, None during a change interval")
-    time_in_phase_s: float = Field(ge=0, allow_inf_nan=False)
+    time_in_phase_s: float = Field(ge=0, le=MAX_STAGE_S, allow_inf_nan=False)
     mode: Literal["remote", "plan", "fallback", "flash"]
 
 
@@ -109,7 +125,18 @@ class EmergencyVehicleReport(_Message):
     status: Literal["en_route", "arrived", "stood_down"] = "en_route"
 
 
-DeviceEvent = Annotated[Union[DetectorReport, CameraPassage, ControllerState, EmergencyVehicleReport],
+class ClockReport(_Message):
+    """The city's time server: the time it keeps, in `time`.
+
+    A brain following a replayed city (the twin running faster or slower than real
+    time) takes its clock from this one device, named in its settings, and from no
+    other; a brain of a live city keeps the wall clock and refuses it.
+    """
+
+    kind: Literal["clock"] = "clock"
+
+
+DeviceEvent = Annotated[Union[DetectorReport, CameraPassage, ControllerState, EmergencyVehicleReport, ClockReport],
                         Field(discriminator="kind")]
 
 
@@ -126,7 +153,10 @@ class SignalCommand(_Message):
     Any `go` or `hold` puts a controller back under remote control; one that hears
     nothing from the brain for its fail-safe timeout falls back to its plan by itself,
     so `hold` doubles as the brain's heartbeat.
-    `device_id` names the issuer (the brain), `intersection` the controller.
+    `device_id` names the issuer (the brain), `intersection` the controller. `time` is
+    the brain's clock when it was issued, and the command holds for `valid_s` from
+    then: a controller ignores it once that has passed (delayed, or left over from
+    before a restart) and ignores one stamped ahead of its own clock.
     """
 
     kind: Literal["signal"] = "signal"
@@ -137,6 +167,8 @@ class SignalCommand(_Message):
     yellow_s: float = Field(default=3.0, ge=0, le=30, allow_inf_nan=False)
     all_red_s: float = Field(default=0.0, ge=0, le=30, allow_inf_nan=False)
     reason: str = Field(default="", max_length=2000)
+    valid_s: float = Field(default=5.0, gt=0, le=MAX_COMMAND_VALID_S, allow_inf_nan=False,
+                           description="seconds from `time` during which the command may be carried out")
 
     @field_validator("phase")
     @classmethod
@@ -174,7 +206,8 @@ def _load(data: str | bytes | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def parse_event(data: str | bytes | dict[str, Any]) -> DetectorReport | CameraPassage | ControllerState | EmergencyVehicleReport:
+def parse_event(data: str | bytes | dict[str, Any]) -> (DetectorReport | CameraPassage | ControllerState
+                                                       | EmergencyVehicleReport | ClockReport):
     """Validate one device event (JSON text or a decoded object)."""
     try:
         return _event_adapter.validate_python(_load(data), strict=True)

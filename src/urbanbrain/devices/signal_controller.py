@@ -63,13 +63,15 @@ class SignalController:
 
     def __init__(self, intersection_id: str, phases: tuple[Phase, ...], start_phase: int = 0, now: float = 0.0,
                  min_yellow_s: float = 3.0, plan_yellow_s: float = 3.0, plan_all_red_s: float = 2.0,
-                 failsafe_s: float | None = 10.0, max_command_age_s: float = 5.0):
+                 failsafe_s: float | None = 10.0, max_command_age_s: float = 5.0, max_skew_s: float = 2.0):
         self.intersection_id = intersection_id
         self.min_yellow_s = min_yellow_s
         self.plan_yellow_s = max(plan_yellow_s, min_yellow_s)
         self.plan_all_red_s = plan_all_red_s
         self.failsafe_s = failsafe_s
         self.max_command_age_s = max_command_age_s
+        self.max_skew_s = max_skew_s
+        self.ignored: dict[str, int] = {"stale": 0, "future": 0}  # commands not carried out, and why
         self.phases = phases
         self.phase = start_phase
         self.green_since = now
@@ -83,10 +85,17 @@ class SignalController:
         return self._change is not None
 
     def apply(self, command: SignalCommand, now: float) -> None:
-        """Execute a command the safety layer let through; one older than `max_command_age_s`
-        (delayed in the network, or left over from before a restart) is ignored."""
+        """Execute a command the safety layer let through. One past its validity window
+        (its own `valid_s`, at most `max_command_age_s`: delayed in the network, or left
+        over from before a restart) is ignored, and so is one stamped more than
+        `max_skew_s` ahead of this controller's clock: a clock that far off is a fault or
+        a forgery, and obeying it could hold a green on a time that has not come."""
         self.advance(now)
-        if now - command.time > self.max_command_age_s:
+        if now - command.time > min(command.valid_s, self.max_command_age_s):
+            self.ignored["stale"] += 1
+            return
+        if command.time - now > self.max_skew_s:
+            self.ignored["future"] += 1
             return
         self.last_heard = now
         if command.action == "flash":

@@ -4,9 +4,14 @@ One `CityRuntime` owns the brain for one network. Events from any source (HTTP
 devices, the twin in-process, the twin over HTTP) enter through `ingest`, which
 validates the whole batch, stores it (committed before anything is acknowledged),
 feeds the new events to the state estimator through the bus, and ticks the brain
-once per new second of city time. The city clock is the devices' clock: the brain
-decides at the time the field reports, so the same code runs on a twin going faster
-than real time and on a real city.
+once per new second of city time.
+
+The brain keeps the reference clock (urbanbrain.core.clock): the wall clock in a live
+city, ticked every second by `tick`; in a replay, the time the twin's time server
+declares, ticked when it declares it. No other device moves it: an event stamped
+ahead of it by more than the skew is refused, and a late one (a field's backlog after
+an outage) is stored, marked late, and kept out of the real-time state, whose
+present it does not describe.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from urbanbrain.control import CONTROLLERS
 from urbanbrain.control.brain_loop import BrainLoop
 from urbanbrain.control.safety import SafetyLayer
 from urbanbrain.core.bus import EventBus
+from urbanbrain.core.clock import CityClock, ClockError
 from urbanbrain.devices.inventory import DeviceLayout, place_devices
 from urbanbrain.devices.protocol import (
     DetectorReport,
@@ -37,16 +43,18 @@ from urbanbrain.incidents.detector import IncidentDetector
 from urbanbrain.network.model import Network
 from urbanbrain.service.keys import Principal
 from urbanbrain.state.estimator import SensorEstimator
-from urbanbrain.store import Store, StoredEvent
+from urbanbrain.store import EventConflict, Store, StoredEvent
 
 _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field controller's own mode
-# A device with no event for this long (city time) is flagged silent: controllers and
-# detector stations report every interval; a camera reports only the vehicles it sees;
-# an emergency vehicle's transponder every second while it is en route, and nothing once
-# its mission is over (arrived, stood down): only a transponder silent en route is
-# flagged (and priority ends for it at the same time, EmergencyPriority's `silent_s`).
-SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0, "emergency": 10.0}
-MAX_AHEAD_S = 60.0  # an event further ahead of the city clock is refused (a wrong clock must not stop the brain)
+# A device with no event for this long (by the wall clock, and by the city clock in a
+# replay) is flagged silent: controllers, detector stations and the time server report
+# every interval; a camera reports only the vehicles it sees; an emergency vehicle's
+# transponder every second while it is en route, and nothing once its mission is over
+# (arrived, stood down): only a transponder silent en route is flagged (and priority ends
+# for it at the same time, EmergencyPriority's `silent_s`).
+SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0, "emergency": 10.0, "clock": 30.0}
+PRIORITY_ROLES = frozenset({"emergency", "admin"})  # who may post an emergency vehicle's report
+FIELD_ROLES = frozenset({"device", "admin"})  # who may post every other device's
 
 
 class BatchError(ValueError):
@@ -80,17 +88,20 @@ class IngestResult:
     city_time: float | None
     commands: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     last_command_id: int = 0  # the cursor to send as `commands_after` next time
+    late: int = 0  # of the accepted, those behind the brain's clock: stored, not used for the present state
 
 
 Listener = Callable[[dict[str, Any]], None]
 
 
 class CityRuntime:
-    def __init__(self, network: Network, store: Store, controller: str = "brain", webhooks: tuple[str, ...] = ()):
+    def __init__(self, network: Network, store: Store, controller: str = "brain", webhooks: tuple[str, ...] = (),
+                 clock: CityClock | None = None):
         if controller not in CONTROLLERS:
             raise ValueError(f"unknown controller {controller!r}; choose from {', '.join(CONTROLLERS)}")
         self.network = network
         self.store = store
+        self.clock = clock or CityClock()
         self.bus = EventBus()
         self.stations = place_devices(network, DeviceLayout())
         self.estimator = SensorEstimator(network, self.bus, stations=self.stations)
@@ -115,14 +126,13 @@ class CityRuntime:
         self._lock = threading.RLock()
         self._new_commands: list[SignalCommand] = []
         self._new_decisions: list[dict[str, Any]] = []
-        self.city_time: float | None = None
         self._last_tick: float | None = None
         self._minute: _Minute | None = None
         self._listeners: list[Listener] = []
         self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received, events]
         self._en_route: set[str] = set()  # transponders whose latest report is en route
         for device_id, kind, last_time, received, count in store.device_summary():
-            self.devices[device_id] = [kind, last_time, received, count]
+            self.devices[device_id] = [kind, last_time, _aware(received), count]
         self._last_command_id = store.last_command_id()
         self.modes: dict[str, str] = store.controller_modes()
         for intersection_id, mode in self.modes.items():  # an operator's order survives a restart
@@ -133,6 +143,14 @@ class CityRuntime:
         self.bus.subscribe("detector", self._count_throughput)
 
     # -- ingress ---------------------------------------------------------------------
+
+    @property
+    def city_time(self) -> float | None:
+        """The brain's clock (None in a replay until its time server is first heard)."""
+        return self.clock.now()
+
+    def clock_info(self) -> dict[str, Any]:
+        return self.clock.info()
 
     def ingest(self, raw: list[Any], principal: Principal, commands_after: int | None = None) -> IngestResult:
         """Validate, store and act on one batch; all or nothing. Returns what was
@@ -146,40 +164,93 @@ class CityRuntime:
                 events.append(parse_event(item))
             except ProtocolError as exc:
                 errors += [(index, f, reason) for f, reason in exc.errors]
-        if not errors:
-            errors = [error for index, event in enumerate(events) for error in self._check_device(index, event)]
-        clock = self.city_time
-        if not errors and clock is not None:
-            errors = [(index, "time", f"{event.time:g} is {event.time - clock:.0f} s ahead of the city clock ({clock:g}); "
-                                      f"at most {MAX_AHEAD_S:g} s is accepted") for index, event in enumerate(events)
-                      if event.time > clock + MAX_AHEAD_S]
         if errors:
             raise BatchError(errors)
-        foreign = [(i, "device_id", f"key {principal.name!r} may not report for device {e.device_id!r}")
-                   for i, e in enumerate(events) if not principal.may_speak_for(e.device_id)]
-        if foreign:
-            raise BatchError(foreign, status=403)
+        errors = [error for index, event in enumerate(events) for error in self._check_device(index, event)]
+        declared = max((e.time for e in events if e.kind == "clock"), default=None)
+        if declared is not None and not errors:
+            try:
+                self.clock.check_declared(declared)
+            except ClockError as exc:
+                errors = [(index, "time", str(exc)) for index, e in enumerate(events) if e.kind == "clock"]
+        if errors:
+            raise BatchError(errors)
+        now = declared if declared is not None else self.clock.now()
+        if now is None:
+            raise BatchError([(None, "time", "the brain has no city clock yet: it follows the replay's time server "
+                                             f"{self.clock.settings.source!r}, not heard from so far")], status=503)
+        verdicts = [self.clock.judge(e.time, now) for e in events]
+        errors = [(index, "time", self._clock_refusal(e.time, now, verdict))
+                  for index, (e, verdict) in enumerate(zip(events, verdicts)) if verdict in ("ahead", "too_old")]
+        if errors:
+            raise BatchError(errors)
+        refused = [error for index, e in enumerate(events) for error in _authority(index, e, principal)]
+        if refused:
+            raise BatchError(refused, status=403)
         with self._lock:
             cursor = self._last_command_id if commands_after is None else commands_after
-            fresh = self.store.append_events([StoredEvent(e.device_id, e.seq, e.kind, e.time,
-                                                          e.model_dump_json()) for e in events])
-            fresh_keys = {(e.device_id, e.seq) for e in fresh}
-            published = [e for e in events if (e.device_id, e.seq) in fresh_keys]
-            received = datetime.now(UTC)
-            for e in published:
-                entry = self.devices.setdefault(e.device_id, [e.kind, e.time, received, 0])
-                entry[1] = e.time  # the clock of its latest event (a twin started again begins at its scenario's begin)
-                entry[2] = received
-                entry[3] += 1
-                if e.kind == "emergency":
-                    (self._en_route.add if e.status == "en_route" else self._en_route.discard)(e.device_id)
+            batch = [StoredEvent(e.device_id, e.seq, e.kind, e.time, e.model_dump_json(), late=verdict == "late")
+                     for e, verdict in zip(events, verdicts)]
+            try:
+                fresh = self.store.append_events(batch, principal.name)
+            except EventConflict as exc:
+                raise BatchError(_conflicts(batch, exc.conflicts), status=409) from None
+            fresh_keys = {(e.device_id, e.seq): e.late for e in fresh}
+            published = [e for e in events if fresh_keys.get((e.device_id, e.seq)) is False and e.kind != "clock"]
+            self._register(events, fresh_keys)
+            if declared is not None:
+                self.clock.declare(declared)
             self.bus.publish_all(published)
-            reports = [e.time for e in published if e.kind == "controller"]
-            if reports:  # the signal controllers' clocks drive the brain: it decides when they report
-                self._advance(max(reports))
+            self._audit_priority(published, principal)
+            if declared is not None:  # a replay's time server drives the brain: it decides when the time is declared
+                self._advance(declared)
             commands = self.commands_for(principal, cursor)
             last = max([cursor, *(command_id for command_id, _ in commands)])
-            return IngestResult(len(published), len(events) - len(published), self.city_time, commands, last)
+            late = sum(fresh_keys.values())
+            return IngestResult(len(fresh), len(events) - len(fresh), self.city_time, commands, last, late)
+
+    def tick(self) -> None:
+        """A live city's heartbeat (every second, from the service): the brain decides
+        on the wall clock whether or not the field reports."""
+        if self.clock.mode != "wall":
+            return
+        with self._lock:
+            self._advance(self.clock.now())
+
+    def _clock_refusal(self, event_time: float, now: float, verdict: str) -> str:
+        settings = self.clock.settings
+        if verdict == "ahead":
+            return (f"{event_time:g} is {event_time - now:.0f} s ahead of the brain's clock ({now:g}); at most "
+                    f"{settings.max_skew_s:g} s is accepted: is the device's clock set right?")
+        return (f"{event_time:g} is {now - event_time:.0f} s behind the brain's clock ({now:g}); events older than "
+                f"{settings.max_late_s:g} s are refused")
+
+    def _register(self, events: list, fresh: dict[tuple[str, int], bool]) -> None:
+        """The device registry's record of what each device last sent (late events too:
+        a device whose backlog arrives is alive)."""
+        received = datetime.now(UTC)
+        for e in events:
+            if (e.device_id, e.seq) not in fresh:
+                continue
+            entry = self.devices.setdefault(e.device_id, [e.kind, e.time, received, 0])
+            entry[1] = e.time if fresh[(e.device_id, e.seq)] is False else max(entry[1], e.time)
+            entry[2] = received
+            entry[3] += 1
+
+    def _audit_priority(self, published: list, principal: Principal) -> None:
+        """Every priority request (a vehicle's mission starting) and its end, with the key that asked."""
+        for e in published:
+            if e.kind != "emergency":
+                continue
+            if e.status == "en_route" and e.device_id not in self._en_route:
+                self._en_route.add(e.device_id)
+                self.store.add_audit(principal.name, principal.role, "priority request", e.vehicle,
+                                     {"service": e.service, "priority": e.priority, "destination": e.destination,
+                                      "edge": e.edge, "time": e.time})
+            elif e.status != "en_route" and e.device_id in self._en_route:
+                self._en_route.discard(e.device_id)
+                self.store.add_audit(principal.name, principal.role, "priority end", e.vehicle,
+                                     {"status": e.status, "time": e.time})
 
     def _check_device(self, index: int, event) -> list[tuple[int, str, str]]:
         """An event must come from a device in the registry and speak only of what that
@@ -193,6 +264,14 @@ class CityRuntime:
             if event.intersection != own:
                 return [(index, "intersection", f"controller {device!r} reports for {event.intersection!r}; "
                                                 f"it is the controller of {own!r}")]
+            return [(index, f, reason) for f, reason in self._check_signals(event)]
+        if event.kind == "clock":
+            if self.clock.mode == "wall":
+                return [(index, "kind", "this brain keeps the wall clock of a live city; no device sets it "
+                                        "(a brain that follows a replay's time server is started with --clock replay)")]
+            if not self.clock.follows(device):
+                return [(index, "device_id", f"{device!r} is not the city's time server "
+                                             f"({self.clock.settings.source!r})")]
             return []
         if event.kind == "detector":
             loops = self._loops.get(device)
@@ -214,6 +293,23 @@ class CityRuntime:
             return [(index, "device_id", f"{device!r} is not a camera in the device registry")]
         if event.lane not in lanes:
             return [(index, "lane", f"camera {device!r} watches {', '.join(sorted(lanes))}, not {event.lane!r}")]
+        return []
+
+    def _check_signals(self, report) -> list[tuple[str, str]]:
+        """What a controller reports must fit its intersection: as many signal heads as
+        it has, a green phase it has, and that phase's greens when it names one."""
+        phases = self.network.intersections[report.intersection].phases
+        heads = len(phases[0].state)
+        if len(report.signal_state) != heads:
+            return [("signal_state", f"{len(report.signal_state)} signal heads reported; "
+                                     f"{report.intersection!r} has {heads}")]
+        if report.phase is None:
+            return []
+        if report.phase >= len(phases):
+            return [("phase", f"phase {report.phase}: {report.intersection!r} has green phases 0-{len(phases) - 1}")]
+        if _greens(report.signal_state) != _greens(phases[report.phase].state):
+            return [("signal_state", f"{report.signal_state!r} does not show the greens of phase {report.phase} "
+                                     f"({phases[report.phase].state!r})")]
         return []
 
     def _on_route(self, advice: RouteAdvice) -> None:
@@ -286,9 +382,7 @@ class CityRuntime:
     def _advance(self, now: float) -> None:
         """Tick the brain for the new city time (at most once per second of it)."""
         if self._last_tick is not None and now < self._last_tick + 1.0 - 1e-9:
-            self.city_time = max(self.city_time or now, now)
             return
-        self.city_time = now
         self._last_tick = now
         self.brain.tick(now)
         self._flush()
@@ -431,14 +525,35 @@ class CityRuntime:
                      "vehicles": round(s.vehicles, 2), "flow_vph": round(s.flow_vph, 1)}
                     for lane, s in self.estimator.state.lanes.items()]
 
+    def expected_devices(self) -> dict[str, str]:
+        """Every device the city should have (device id -> kind), whether it ever reported or not."""
+        expected = {device: "controller" for device in self._controllers}
+        expected.update({device: "detector" for device in self._loops})
+        expected.update({device: "camera" for device in self._camera_lanes})
+        if self.clock.mode == "replay":
+            expected[self.clock.settings.source] = "clock"
+        return expected
+
     def device_rows(self) -> list[dict[str, Any]]:
+        """The registry's devices and any other that reported (emergency vehicles): each
+        `reporting`, `silent` (nothing for longer than its kind's interval, by the wall
+        clock, and in a replay by the city clock too) or `missing` (never reported)."""
         with self._lock:
-            now = self.city_time
-            return [{"device_id": d, "kind": kind, "last_time": last, "last_seen_at": received.isoformat()
-                     if isinstance(received, datetime) else str(received), "events": count,
-                     "silent": now is not None and now - last > SILENT_AFTER_S.get(kind, 30.0)
-                     and (kind != "emergency" or d in self._en_route)}
-                    for d, (kind, last, received, count) in sorted(self.devices.items())]
+            now, wall = self.city_time, datetime.now(UTC)
+            rows = []
+            for device, kind in sorted({**self.expected_devices(), **{d: e[0] for d, e in self.devices.items()}}.items()):
+                entry = self.devices.get(device)
+                if entry is None:
+                    rows.append({"device_id": device, "kind": kind, "last_time": None, "last_seen_at": None,
+                                 "events": 0, "silent": True, "status": "missing"})
+                    continue
+                _, last, received, count = entry
+                quiet = SILENT_AFTER_S.get(kind, 30.0)
+                silent = ((wall - received).total_seconds() > quiet or (now is not None and now - last > quiet)) \
+                    and (kind != "emergency" or device in self._en_route)
+                rows.append({"device_id": device, "kind": kind, "last_time": last, "last_seen_at": received.isoformat(),
+                             "events": count, "silent": silent, "status": "silent" if silent else "reporting"})
+            return rows
 
     def tick_message(self) -> dict[str, Any]:
         state = self.estimator.state
@@ -471,3 +586,32 @@ def jsonable(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def _greens(state: str) -> frozenset[int]:
+    return frozenset(i for i, c in enumerate(state) if c in "gG")
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; the store writes UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _authority(index: int, event, principal: Principal) -> list[tuple[int, str, str]]:
+    """Whether the key may post this event: speak for its device, and its kind: only a
+    registered emergency vehicle's key (or an administrator) asks for priority, and an
+    emergency key posts nothing else."""
+    if not principal.may_speak_for(event.device_id):
+        return [(index, "device_id", f"key {principal.name!r} may not report for device {event.device_id!r}")]
+    if event.kind == "emergency" and principal.role not in PRIORITY_ROLES:
+        return [(index, "kind", f"key {principal.name!r} ({principal.role}) may not ask for priority: emergency "
+                                "vehicles report with their own emergency key")]
+    if event.kind != "emergency" and principal.role not in FIELD_ROLES:
+        return [(index, "kind", f"key {principal.name!r} ({principal.role}) may post only emergency vehicle reports")]
+    return []
+
+
+def _conflicts(batch: list[StoredEvent], conflicts: list[StoredEvent]) -> list[tuple[int | None, str, str]]:
+    keys = {(e.device_id, e.seq) for e in conflicts}
+    return [(index, "seq", f"{e.device_id!r} sent sequence number {e.seq} before with other content; this copy is "
+                           "refused and kept for inspection") for index, e in enumerate(batch) if (e.device_id, e.seq) in keys]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
+from urbanbrain.core.clock import DEFAULT_MAX_SKEW_S, CityClock, ClockSettings
 from urbanbrain.incidents.injection import MIN_HORIZON_S, IncidentInjector, random_incidents
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
@@ -28,6 +29,8 @@ from urbanbrain.twin.emergency import random_trips
 from urbanbrain.twin.scenario import load_scenario
 
 TWIN_PRINCIPAL = Principal("in-process twin", "device", ("*",))
+FLEET_PRINCIPAL = Principal("in-process twin fleet", "emergency", ("*",))  # its emergency vehicles' own credentials
+TICK_S = 1.0  # a live city's brain decides every second of the wall clock
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,26 @@ class HostOptions:
     incidents: int = 0  # twin: random incidents injected over the run (ground truth to DATA_DIR/incidents-truth.jsonl)
     emergency: int = 0  # twin: random emergency vehicles dispatched over the run (their transponders report to the brain)
     webhook_secret: str | None = None  # signs webhook bodies (HMAC-SHA256)
+    clock: str | None = None  # wall (a live city) or replay (a twin's time server); None: replay with the twin, else wall
+    max_skew_s: float = DEFAULT_MAX_SKEW_S  # how far ahead of the brain's clock a device's event may be
 
     def __post_init__(self) -> None:
         if self.emergency < 0:
             raise ValueError(f"emergency: the number of emergency vehicles must be 0 or more, got {self.emergency}")
         if self.emergency and not self.twin:
             raise ValueError("emergency: vehicles are dispatched in the twin, which --no-twin turns off")
+        if self.twin and self.clock == "wall":
+            raise ValueError("clock: the in-process twin replays a scenario on its own clock: it needs --clock replay")
+        self.clock_settings()  # a bad clock or skew is named before anything starts
         if self.incidents and self.duration_s is not None and self.duration_s < MIN_HORIZON_S:
             raise ValueError(f"incidents: random incidents last 5 to 30 minutes: the run needs a --duration of at "
                              f"least {MIN_HORIZON_S:g} s, not {self.duration_s:g}")
+
+
+    def clock_settings(self) -> ClockSettings:
+        mode = self.clock or ("replay" if self.twin else "wall")
+        return ClockSettings(mode=mode, max_skew_s=self.max_skew_s,
+                             max_late_s=max(self.retention_days * 86400.0, self.max_skew_s))
 
 
 def default_data_dir() -> Path:
@@ -104,6 +118,7 @@ class CityHost:
         if self.dispatcher is not None:
             self.dispatcher.start()
         threading.Thread(target=self._retain, name="retention", daemon=True).start()
+        threading.Thread(target=self._tick, name="clock", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -112,6 +127,14 @@ class CityHost:
         if self.field is not None:
             self.field.stop()
         self.thread.join(timeout=30)
+
+    def _tick(self) -> None:
+        """A live city's brain decides every second of the wall clock, whether or not
+        the field reports (a replay's brain ticks when its time server declares)."""
+        while not self._stopping.wait(TICK_S):
+            runtime = self.service.runtime
+            if runtime is not None:
+                runtime.tick()
 
     def _retain(self) -> None:
         """Apply the retention at start and every hour after."""
@@ -125,7 +148,8 @@ class CityHost:
         try:
             scenario = load_scenario(self.options.scenario)
             network = read_network(scenario.net_file)
-            runtime = CityRuntime(network, self.service.store, self.options.controller, webhooks=self.options.webhooks)
+            runtime = CityRuntime(network, self.service.store, self.options.controller, webhooks=self.options.webhooks,
+                                  clock=CityClock(self.options.clock_settings()))
             self.service.runtime = runtime
             if not self.options.twin:
                 return
@@ -142,10 +166,12 @@ class CityHost:
             self.field = TwinField(scenario, network, send, seed=self.options.seed, speed=self.options.speed,
                                    horizon_s=self.options.duration_s, failsafe_s=self.options.failsafe_s,
                                    world=[injector.step] if injector else None, emergency=trips,
-                                   routes=in_process_routes(runtime, TWIN_PRINCIPAL))
+                                   routes=in_process_routes(runtime, FLEET_PRINCIPAL),
+                                   priority_send=in_process_transport(runtime, FLEET_PRINCIPAL))
             try:
                 self.field.run(on_start=lambda: setattr(self.service, "twin", "running"))
             finally:
+                self.field.close()
                 if injector is not None:  # for whoever evaluates; the brain never reads it
                     injector.write_truth(self.data_dir / "incidents-truth.jsonl")
             self.service.twin = "finished"

@@ -1,5 +1,5 @@
 """Everything durable: device events, commands, decisions, KPI minutes, API keys, audit."""
 
-from urbanbrain.store.store import Store, StoredEvent
+from urbanbrain.store.store import EventConflict, Store, StoredEvent
 
-__all__ = ["Store", "StoredEvent"]
+__all__ = ["EventConflict", "Store", "StoredEvent"]

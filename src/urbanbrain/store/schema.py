@@ -9,8 +9,8 @@ latency to every request without adding safety.
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, false)
 
 metadata = MetaData()
 
@@ -26,9 +26,23 @@ device_events = Table(
     Column("time", Float, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("payload", Text, nullable=False),  # the event as validated, JSON
+    # older than the brain's clock by more than the skew when it arrived (a field's backlog):
+    # stored for the record, not fed to the real-time state
+    Column("late", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("device_id", "seq", name="uq_device_events_device_seq"),
 )
 Index("ix_device_events_received_at", device_events.c.received_at)
+
+event_conflicts = Table(
+    "event_conflicts", metadata,  # resends with a known (device, seq) but other content: refused, kept to inspect
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("device_id", String(200), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("key_name", String(100), nullable=False),  # the key that sent it
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("payload", Text, nullable=False),  # what was sent this time (the stored event stays as it was)
+)
+Index("ix_event_conflicts_device_seq", event_conflicts.c.device_id, event_conflicts.c.seq)
 
 commands = Table(
     "commands", metadata,

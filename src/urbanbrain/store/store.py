@@ -17,12 +17,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from urbanbrain.store.schema import (alerts, api_keys, audit, commands, controller_modes, decisions, device_events,
-                                     kpi_minutes, webhook_deliveries)
+                                     event_conflicts, kpi_minutes, webhook_deliveries)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -38,6 +38,19 @@ class StoredEvent:
     kind: str
     time: float
     payload: str  # JSON
+    late: bool = False  # behind the brain's clock when it arrived (see urbanbrain.core.clock)
+
+
+class EventConflict(ValueError):
+    """Resends whose (device, seq) is stored with other content: the batch is refused,
+    nothing of it is stored, and these copies are kept in `event_conflicts`."""
+
+    def __init__(self, conflicts: list[StoredEvent]):
+        self.conflicts = conflicts
+        super().__init__(f"{len(conflicts)} events conflict with stored ones")
+
+
+_MATCH_CHUNK = 500  # (device, seq) pairs per lookup of stored copies
 
 
 def sqlite_url(path: Path) -> str:
@@ -76,31 +89,68 @@ class Store:
 
     # -- device events ---------------------------------------------------------------
 
-    def append_events(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    def append_events(self, events: Sequence[StoredEvent], key_name: str = "") -> list[StoredEvent]:
         """Store the events not stored before (by device and sequence number), in one
         transaction; returns those that were new, in order. The database decides what
         is new (insert, skipping conflicts, returning what went in), so two services
-        or a resend racing each other cannot store an event twice."""
+        or a resend racing each other cannot store an event twice. A resend must be
+        the same event: one with other content raises EventConflict, the whole batch
+        is rolled back, and the conflicting copies are kept (with `key_name`, who sent
+        them) for inspection."""
         if not events:
             return []
         now = utcnow()
         statement = (self._insert(device_events).on_conflict_do_nothing(index_elements=["device_id", "seq"])
                      .returning(device_events.c.device_id, device_events.c.seq))
-        with self.engine.begin() as connection:
-            rows = connection.execute(statement, [
-                {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "time": e.time, "received_at": now,
-                 "payload": e.payload} for e in events])
-            stored = {(device_id, seq) for device_id, seq in rows}
-        fresh = []
-        for e in events:
-            if (e.device_id, e.seq) in stored:
-                stored.discard((e.device_id, e.seq))  # a second copy in the same batch is a duplicate
-                fresh.append(e)
+        conflicts: list[StoredEvent] = []
+        with self.engine.connect() as connection:
+            with connection.begin() as transaction:
+                rows = connection.execute(statement, [
+                    {"device_id": e.device_id, "seq": e.seq, "kind": e.kind, "time": e.time, "received_at": now,
+                     "payload": e.payload, "late": e.late} for e in events])
+                stored = {(device_id, seq) for device_id, seq in rows}
+                fresh, repeated = [], []
+                for e in events:
+                    if (e.device_id, e.seq) in stored:
+                        stored.discard((e.device_id, e.seq))  # a second copy in the same batch is a repeat
+                        fresh.append(e)
+                    else:
+                        repeated.append(e)
+                conflicts = self._conflicting(connection, repeated)
+                if conflicts:
+                    transaction.rollback()
+            if conflicts:
+                with connection.begin():
+                    connection.execute(insert(event_conflicts), [
+                        {"device_id": e.device_id, "seq": e.seq, "key_name": key_name[:100], "received_at": now,
+                         "payload": e.payload} for e in conflicts])
+        if conflicts:
+            raise EventConflict(conflicts)
         return fresh
+
+    @staticmethod
+    def _conflicting(connection, repeated: list[StoredEvent]) -> list[StoredEvent]:
+        """The repeats whose stored copy says something else (the version they were
+        written in aside)."""
+        conflicts = []
+        for start in range(0, len(repeated), _MATCH_CHUNK):
+            chunk = repeated[start:start + _MATCH_CHUNK]
+            keys = {(e.device_id, e.seq) for e in chunk}
+            rows = connection.execute(select(device_events.c.device_id, device_events.c.seq, device_events.c.payload)
+                                      .where(tuple_(device_events.c.device_id, device_events.c.seq).in_(keys)))
+            stored = {(device_id, seq): _content(payload) for device_id, seq, payload in rows}
+            conflicts += [e for e in chunk if stored.get((e.device_id, e.seq)) != _content(e.payload)]
+        return conflicts
+
+    def event_conflicts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Refused conflicting resends, newest first."""
+        query = select(event_conflicts).order_by(event_conflicts.c.id.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
 
     def events(self, device_id: str | None = None, limit: int = 1000) -> list[StoredEvent]:
         query = select(device_events.c.device_id, device_events.c.seq, device_events.c.kind, device_events.c.time,
-                       device_events.c.payload).order_by(device_events.c.id).limit(limit)
+                       device_events.c.payload, device_events.c.late).order_by(device_events.c.id).limit(limit)
         if device_id is not None:
             query = query.where(device_events.c.device_id == device_id)
         with self.engine.connect() as connection:
@@ -368,3 +418,10 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _content(payload: str) -> dict[str, Any]:
+    """An event's content, without the protocol version it was written in."""
+    content = json.loads(payload)
+    content.pop("version", None)
+    return content
