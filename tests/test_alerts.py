@@ -23,8 +23,11 @@ def found(edge: str, intersection: str, at: float, held: int = 1) -> IncidentAle
 
 
 def tick(city: City, seq: int, at: float) -> None:
+    """A controller reports at `at` and the brain's clock ticks there."""
+    city.now = at
     answer = city.client.post("/api/events", json=[city.controller_report(seq, at)], headers=city.headers("device"))
     assert answer.status_code == 200
+    city.service.runtime.tick()
 
 
 def test_an_alert_goes_from_new_to_acknowledged_to_resolved(city: City):

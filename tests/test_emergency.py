@@ -96,15 +96,18 @@ def test_the_service_names_what_is_wrong_in_an_emergency_report(city: City):
     assert city.store.count_events() == 0
 
     good = report(network)
+    city.now = 2.0
     answer = city.client.post("/api/events", json=[good, city.controller_report(1, 2.0)], headers=city.headers("admin"))
     assert answer.status_code == 200, answer.text
+    city.service.runtime.tick()
     emergency = city.client.get("/api/emergency", headers=city.headers("viewer")).json()
     assert [v["vehicle"] for v in emergency["vehicles"]] == ["ev-1"]
     planned = emergency["vehicles"][0]["route"]
     assert planned[0] == good["edge"] and planned[-1] == good["destination"]
     route = city.client.get("/api/emergency/ev-1/route", headers=city.headers("admin")).json()
     assert route["edges"] == planned
-    assert city.client.get("/api/emergency/ev-1/route", headers=city.headers("device")).status_code == 403
+    assert city.client.get("/api/emergency/ev-1/route", headers=city.headers("device")).status_code == 403, \
+        "a sensor's key reads no route (only the vehicle's emergency key, or an administrator)"
     assert city.client.get("/api/emergency/ev-9/route", headers=city.headers("admin")).status_code == 404
 
 

@@ -127,6 +127,7 @@ class CityRuntime:
         self._new_commands: list[SignalCommand] = []
         self._new_decisions: list[dict[str, Any]] = []
         self._last_tick: float | None = None
+        self._started = datetime.now(UTC)  # a device not heard from within its interval since is missing
         self._minute: _Minute | None = None
         self._listeners: list[Listener] = []
         self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received, events]
@@ -537,18 +538,20 @@ class CityRuntime:
     def device_rows(self) -> list[dict[str, Any]]:
         """The registry's devices and any other that reported (emergency vehicles): each
         `reporting`, `silent` (nothing for longer than its kind's interval, by the wall
-        clock, and in a replay by the city clock too) or `missing` (never reported)."""
+        clock, and in a replay by the city clock too), `waiting` (not heard from yet,
+        within its interval since the brain started) or `missing` (not heard from since)."""
         with self._lock:
             now, wall = self.city_time, datetime.now(UTC)
             rows = []
             for device, kind in sorted({**self.expected_devices(), **{d: e[0] for d, e in self.devices.items()}}.items()):
                 entry = self.devices.get(device)
+                quiet = SILENT_AFTER_S.get(kind, 30.0)
                 if entry is None:
+                    missing = (wall - self._started).total_seconds() > quiet
                     rows.append({"device_id": device, "kind": kind, "last_time": None, "last_seen_at": None,
-                                 "events": 0, "silent": True, "status": "missing"})
+                                 "events": 0, "silent": missing, "status": "missing" if missing else "waiting"})
                     continue
                 _, last, received, count = entry
-                quiet = SILENT_AFTER_S.get(kind, 30.0)
                 silent = ((wall - received).total_seconds() > quiet or (now is not None and now - last > quiet)) \
                     and (kind != "emergency" or device in self._en_route)
                 rows.append({"device_id": device, "kind": kind, "last_time": last, "last_seen_at": received.isoformat(),
