@@ -84,14 +84,14 @@ def test_run_serves_the_brain_live_with_the_twin_in_process(grid_city: Path, tmp
         assert not api.get("/api/devices").json()[0]["silent"]
     finally:
         out, _ = stop(again)
-    assert "new admin key" not in out and key in out, "the same admin key on the second start"
+    assert "new admin key" not in out and key not in out, "the admin key is printed only when it is made"
 
 
 def test_the_twin_over_http_gives_the_kpis_of_the_twin_in_process(grid_city: Path, tmp_path: Path):
     """Same controller, same seed: the field in another process, over HTTP, against the
     benchmark's in-process session (acceptance: within 5%)."""
     port = free_port()
-    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin")
+    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin", "--clock", "replay")
     try:
         wait_for(f"http://127.0.0.1:{port}/health", lambda h: h["status"] == "ok", timeout_s=60)
         made = subprocess.run([*CLI, "keys", "create", "twin", "--role", "device", "--device", "*",
@@ -121,12 +121,16 @@ def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_
                                                                           store_url: str):
     """Kill the brain mid-run: every controller falls back to its plan within the
     timeout (10 s), with no conflicting greens at any second; restart the brain:
-    remote control resumes, safely. On SQLite and on PostgreSQL."""
+    remote control resumes, safely, and every event of the outage reaches the store
+    (a backlog of 160 s, resent in order behind the live second: before the brain kept
+    its own clock, its second batch was refused as too far ahead and the field died).
+    On SQLite and on PostgreSQL."""
     from urbanbrain.service.field import TwinField, http_transport
+    from urbanbrain.store import Store
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ("--scenario", str(grid_city), "--no-twin", "--db", store_url)
+    args = ("--scenario", str(grid_city), "--no-twin", "--clock", "replay", "--db", store_url)
     service = start_service(tmp_path, port, *args)
     wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
     made = subprocess.run([*CLI, "keys", "create", "field", "--role", "device", "--device", "*",
@@ -134,10 +138,13 @@ def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_
     key = made.stdout.split(": ")[1].split()[0]
     scenario = load_scenario(grid_city)
     network = read_network(scenario.net_file)
-    field = TwinField(scenario, network, http_transport(url, key, timeout_s=2.0), speed=0, horizon_s=260)
+    field = TwinField(scenario, network, http_transport(url, key, timeout_s=2.0), speed=0, horizon_s=320)
+    produced = [0]
+    for kind in ("detector", "camera", "controller"):
+        field.bus.subscribe(kind, lambda _e: produced.__setitem__(0, produced[0] + 1))
     modes: dict[float, set[str]] = {}
     conflicts: list[tuple[float, str]] = []
-    killed_at, restarted_at = 100.0, 160.0
+    killed_at, restarted_at = 100.0, 260.0
 
     def watch(now: float) -> None:
         nonlocal service
@@ -154,41 +161,53 @@ def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_
 
     try:
         field.run(on_step=watch)
+        assert field.flush(60.0), "the backlog is delivered"
     finally:
         stop(service)
+        field.close()
     assert not conflicts
     assert modes[killed_at - 1] == {"remote"}, "under the brain before it dies"
     assert modes[killed_at + 11] == {"fallback"}, "every controller on its own plan within the 10 s timeout"
     assert all(modes[t] == {"fallback"} for t in modes if killed_at + 11 <= t < restarted_at)
     assert modes[restarted_at + 15] == {"remote"}, "control resumes once the brain is back"
-    assert field.unsent == [], "the events of the outage were delivered after the restart"
+    assert field.rejected == 0
+    store = Store(store_url)
+    try:
+        stored = [e for e in store.events(limit=10**7) if e.kind != "clock"]
+    finally:
+        store.close()
+    assert len(stored) == produced[0], "every event the devices made reaches the store"
+    assert any(e.late for e in stored) and not any(e.late and e.time < killed_at for e in stored)
 
 
 def test_the_twin_over_http_dispatches_emergency_vehicles_that_follow_the_brains_routes(grid_city: Path, tmp_path: Path):
-    """`urbanbrain twin --emergency 2`: the transponders' reports go over HTTP and are
-    stored like every device event; each navigation unit reads its route from
-    `GET /api/emergency/{vehicle}/route` and the vehicle follows it."""
-    from urbanbrain.service.field import http_routes
+    """`urbanbrain twin --emergency 2`: the transponders' reports go over HTTP with the
+    fleet's emergency key and are stored like every device event; each navigation unit
+    reads its route from `GET /api/emergency/{vehicle}/route` and the vehicle follows it."""
+    from urbanbrain.service.field import BrainRefused, http_routes
     from urbanbrain.service.host import open_store
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin")
+    service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin", "--clock", "replay")
     try:
         wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
         keys = {}
-        for name, device in (("twin", "*"), ("one-detector", "det-1")):
-            made = subprocess.run([*CLI, "keys", "create", name, "--role", "device", "--device", device,
+        for name, role, device in (("twin", "device", "*"), ("fleet", "emergency", "ev-*"),
+                                   ("one-detector", "device", "det-1")):
+            made = subprocess.run([*CLI, "keys", "create", name, "--role", role, "--device", device,
                                    "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
             assert made.returncode == 0, made.stderr
             keys[name] = made.stdout.split(": ")[1].split()[0]
-        assert http_routes(url, keys["twin"])("ev-1") is None, "404: no route planned yet"
-        with pytest.raises(RuntimeError, match="403"):  # a key that does not speak for the vehicle
-            http_routes(url, keys["one-detector"])("ev-1")
+        assert http_routes(url, keys["fleet"])("ev-1") is None, "404: no route planned yet"
+        for sensor in ("one-detector", "twin"):  # no sensor's key reads a vehicle's route
+            with pytest.raises(BrainRefused, match="403"):
+                http_routes(url, keys[sensor])("ev-1")
         out = tmp_path / "twin.json"
         field = subprocess.run([*CLI, "twin", "--brain", url, "--scenario", str(grid_city), "--speed", "0",
                                 "--duration", "240", "--seed", "3", "--emergency", "2", "--json", str(out)],
-                               capture_output=True, text=True, timeout=300, env={**os.environ, "URBANBRAIN_KEY": keys["twin"]})
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "URBANBRAIN_KEY": keys["twin"], "URBANBRAIN_EMERGENCY_KEY": keys["fleet"]})
         assert field.returncode == 0, field.stderr
         admin = httpx.Client(base_url=url, headers={"X-API-Key": (tmp_path / "admin.key").read_text().strip()})
         devices = {d["device_id"]: d for d in admin.get("/api/devices").json()}

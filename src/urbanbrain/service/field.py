@@ -88,6 +88,7 @@ class TwinField:
         self._clock_seq = sequence_base
         self._en_route: set[str] = set()  # emergency vehicles whose transponders report them en route
         self._advised: dict[str, dict[str, Any]] = {}  # vehicle -> the latest advice its navigation unit took
+        self._route_refused: set[str] = set()  # vehicles whose route the brain refused to the field's key
         self.last_command: int | None = None  # cursor of the commands applied; None until the brain first answers
         self.backlog = outbox if outbox is not None else Outbox()
         self.rejects = self.backlog.path.with_name("rejected.jsonl")  # what the brain refused, with its reasons
@@ -172,7 +173,8 @@ class TwinField:
     def _deliver(self, channel: str, payloads: list[str], clock: str | None) -> None:
         """Send one channel's live events (and the clock, which is never kept: a late
         clock report says nothing); what cannot be delivered goes to the outbox."""
-        batch = [clock, *payloads] if clock is not None else payloads
+        batch = [*payloads, clock] if clock is not None else payloads  # the clock last: the brain ticks
+        # once it has the whole second
         if not batch:
             return
         try:
@@ -261,6 +263,11 @@ class TwinField:
             except BrainUnreachable:
                 self.brain_reachable = False
                 return
+            except BrainRefused as refusal:  # the vehicle drives on its own route meanwhile
+                if vehicle not in self._route_refused:
+                    self.say(f"t={self.twin.now:g}: the brain refuses {vehicle}'s route ({refusal})")
+                self._route_refused.add(vehicle)
+                continue
             if payload is not None and payload != self._advised.get(vehicle):
                 self._advised[vehicle] = payload
                 self.bus.publish(RouteAdvice.model_validate(payload))
@@ -347,8 +354,8 @@ def http_routes(brain_url: str, key: str, timeout_s: float = 5.0) -> RouteSource
     (`GET /api/emergency/{vehicle}/route` with the field's key, which must speak for the
     vehicle: a device key for '*' or an admin key). No route planned yet (404) is None;
     no answer (or a server error) raises `BrainUnreachable`, and the unit asks again
-    next second; a refusal (bad key, a key that may not read the vehicle's route) is a
-    configuration error and stops the field with the brain's explanation."""
+    next second; a refusal (bad key, a key that may not read the vehicle's route)
+    raises `BrainRefused` with the brain's explanation."""
     client = httpx.Client(base_url=brain_url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout_s)
 
     def route(vehicle: str) -> dict[str, Any] | None:
@@ -361,6 +368,6 @@ def http_routes(brain_url: str, key: str, timeout_s: float = 5.0) -> RouteSource
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise RuntimeError(f"brain refused the route of {vehicle!r}: {response.status_code} {response.text[:500]}")
+            raise BrainRefused(response.status_code, _error_list(response))
         return response.json()
     return route

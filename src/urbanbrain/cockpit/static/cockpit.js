@@ -1382,8 +1382,10 @@ function renderDevices() {
       h('ul', { class: 'silent-list', 'data-testid': 'silent-devices' }, shown.map((d) => h('li', {},
         h('span', { class: 'warn-icon', 'aria-hidden': 'true' }, '!'),
         h('code', { class: 'dev-id', title: d.device_id }, d.device_id),
-        h('span', { class: 'seen', title: d.kind }, 'seen ', h('time', { datetime: d.last_seen_at ?? null, title: d.last_seen_at ?? '' }, fmtClock(d.last_time)),
-          Number.isFinite(state.cityTime) && Number.isFinite(d.last_time) ? `, ${fmtDuration(state.cityTime - d.last_time)} ago` : '')))),
+        d.status === 'missing'
+          ? h('span', { class: 'seen', title: d.kind }, 'never heard from')
+          : h('span', { class: 'seen', title: d.kind }, 'seen ', h('time', { datetime: d.last_seen_at ?? null, title: d.last_seen_at ?? '' }, fmtClock(d.last_time)),
+            Number.isFinite(state.cityTime) && Number.isFinite(d.last_time) ? `, ${fmtDuration(state.cityTime - d.last_time)} ago` : '')))),
       silent.length > shown.length ? h('p', { class: 'muted' }, `and ${silent.length - shown.length} more`) : null);
   }
   const scrolled = body.querySelector('.silent-list')?.scrollTop ?? 0;
