@@ -83,7 +83,8 @@ def test_a_drifted_lane_count_does_not_explain_a_stopped_vehicle_away(grid_net: 
         if state is not None:
             state.lanes = {loop.lane: LaneState() for loop in loops}
         approach = detector._entry_camera[camera]
-        _second(detector, station, 1.0, 1, counts={advance.detector_id: 5})
+        _second(detector, station, 1.0, 1, counts={advance.detector_id: 3})  # five over two seconds: as many
+        _second(detector, station, 2.0, 2, counts={advance.detector_id: 2})  # as a lane can pass
         _enter(detector, camera, advance.lane, "v", 2.0, 0)
         for second in range(3, int(approach.expected_s) + 10):
             _second(detector, station, float(second), second)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import sqlite3
 import sys
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -15,11 +21,24 @@ from urbanbrain.bench import report
 from urbanbrain.bench.runner import RunSpec, run_all
 from urbanbrain.bench.session import OBSERVATIONS
 from urbanbrain.control import CONTROLLERS
-from urbanbrain.network import read_network
-from urbanbrain.twin.scenario import load_scenario
+from urbanbrain.core.clock import DEFAULT_MAX_SKEW_S
+from urbanbrain.network import Network, read_network
+from urbanbrain.service.outbox import DEFAULT_MAX_BYTES, Outbox
+from urbanbrain.twin.scenario import Scenario, count_demand, load_scenario
+
+if TYPE_CHECKING:
+    import httpx  # imported where the twin talks to its brain: the other commands do without it
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="urbanbrain: an open-source City Brain.")
 console = Console(width=None if sys.stdout.isatty() else 180)
+
+KEY_ENV = "URBANBRAIN_KEY"  # where `twin` finds its devices' key when no --key-file is given
+EMERGENCY_KEY_ENV = "URBANBRAIN_EMERGENCY_KEY"  # and its emergency vehicles' key, without --emergency-key-file
+BRAIN_WAIT_S = 10.0  # `twin`: how long to wait for a brain that does not answer yet (it may be starting)
+BRAIN_RETRY_S = 0.5  # between its tries
+BRAIN_REQUEST_S = 2.0  # one try's timeout
+FLUSH_WAIT_S = 60.0  # `twin`: at the end, how long to go on resending what the brain has not acknowledged
+NO_COMMAND_YET = 2**62  # `twin` checks its key on /api/commands after an id no brain has reached: nothing to read
 
 
 def _controllers(spec: str | None) -> list[str]:
@@ -30,12 +49,26 @@ def _controllers(spec: str | None) -> list[str]:
     return names
 
 
-def _load(scenario: str):
+def _load(scenario: str, simulated: bool = True) -> tuple[Scenario, Network]:
+    """The scenario and its network, or one line naming the file and what is wrong
+    with it (never a parser's traceback). A scenario the brain has nothing to do on
+    is refused too: it would run to a table of zeros. `simulated`: SUMO will run it,
+    so its demand must be readable and put someone on the roads."""
     try:
         loaded = load_scenario(scenario)
-        return loaded, read_network(loaded.net_file)
+        network = read_network(loaded.net_file)
+        demand = count_demand(loaded) if simulated else None
     except (FileNotFoundError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--scenario") from None
+    if not network.intersections:
+        raise typer.BadParameter(f"network {loaded.net_file} has no signalised intersection (no traffic light "
+                                 "with vehicle movements): nothing for the brain to control", param_hint="--scenario")
+    if demand == 0:
+        files = ", ".join(str(f) for f in loaded.route_files) or "none named"
+        also = " or its additional files" if loaded.additional_files else ""
+        raise typer.BadParameter(f"scenario {loaded.sumocfg} has no traffic: no vehicle, trip, flow or person in its "
+                                 f"route files ({files}){also}", param_hint="--scenario")
+    return loaded, network
 
 
 bench_app = typer.Typer(help="Benchmarks: controllers side by side (default), incidents, emergency vehicles.")
@@ -175,6 +208,8 @@ def run(
     incidents: Annotated[int, typer.Option(min=0, max=500, help="twin: inject this many random incidents (ground truth to DATA_DIR/incidents-truth.jsonl)")] = 0,
     emergency: Annotated[int, typer.Option(min=0, max=200, help="twin: dispatch this many random emergency vehicles over the run (or the first hour); the brain gives them green waves")] = 0,
     webhook_secret: Annotated[str | None, typer.Option(envvar="URBANBRAIN_WEBHOOK_SECRET", help="shared secret that signs webhook bodies (HMAC-SHA256)")] = None,
+    clock: Annotated[str | None, typer.Option(help="the brain's reference clock: wall (a live city) or replay (a replayed scenario's time server); default: replay with the in-process twin, wall without")] = None,
+    max_skew: Annotated[float, typer.Option(help="seconds a device's event may be ahead of the brain's clock")] = DEFAULT_MAX_SKEW_S,
 ) -> None:
     """The brain as a service: device API, store, live cockpit; the twin plays the city's devices."""
     from urbanbrain.service.host import HostOptions, serve
@@ -187,44 +222,88 @@ def run(
         options = HostOptions(scenario=scenario, controller=controller, host=host, port=port, data_dir=data_dir, db=db,
                               twin=twin, speed=speed, seed=seed, duration_s=duration, retention_days=retention_days,
                               failsafe_s=failsafe, webhooks=tuple(webhook or ()), webhook_secret=webhook_secret,
-                              incidents=incidents, emergency=emergency)
+                              incidents=incidents, emergency=emergency, clock=clock, max_skew_s=max_skew)
     except ValueError as exc:
         option, _, why = str(exc).partition(": ")  # HostOptions names the option first
         raise typer.BadParameter(why, param_hint=f"--{option}") from None
     if scenario != "demo":
-        _load(scenario)  # a bad scenario is named before the service starts
+        _load(scenario, simulated=twin)  # a bad scenario is named before the service starts
+    _check_port(host, port)  # before anything is created or printed: the port may be another service's
+    serve(options, _announce)
 
-    def announce(url: str, key: str | None, created: bool, where: Path) -> None:
-        console.print(f"urbanbrain brain service on [bold]{url}[/] (API docs: {url}/docs), data in {where}")
-        if key is None:
-            console.print(f"admin key: not in {where / 'admin.key'}; make one with `urbanbrain keys create NAME --role admin`")
-        else:
-            console.print(f"{'new ' if created else ''}admin key: [bold]{key}[/] (kept in {where / 'admin.key'})")
-            console.print(f"open the cockpit: [bold]{url}/#key={key}[/]")
-        console.print("Ctrl-C stops the service")
 
-    serve(options, announce)
+def _announce(url: str, key: str | None, created: bool, where: Path) -> None:
+    """The service's address; the admin key itself only when it was just created (a
+    key printed on every start ends up in every terminal's scrollback and log)."""
+    console.print(f"urbanbrain brain service on [bold]{url}[/] (API docs: {url}/docs), data in {where}")
+    kept = where / "admin.key"
+    if key is None:
+        console.print(f"admin key: not in {kept}; make one with `urbanbrain keys create NAME --role admin`")
+    elif created:
+        console.print(f"new admin key: [bold]{key}[/] (kept in {kept})")
+        console.print(f"open the cockpit: [bold]{url}/#key={key}[/]")
+    else:
+        console.print(f"admin key: kept in {kept}")
+        console.print(f"open the cockpit: [bold]{url}/[/] and sign in with that key")
+    console.print("Ctrl-C stops the service")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a host:port this machine cannot listen on, by binding each of its
+    addresses as the server will (asyncio's: SO_REUSEADDR on POSIX, IPv6 sockets
+    IPv6-only) and letting go, so that a taken port is named before a data directory,
+    a key or an address that is another service's are."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise typer.BadParameter(f"cannot listen on {host!r}: {exc.strerror}", param_hint="--host") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise typer.BadParameter(f"port {port} on {host} is in use: another program listens there; "
+                                             "choose another with --port", param_hint="--port") from None
+                raise typer.BadParameter(f"cannot listen on port {port} on {host}: {exc.strerror}",
+                                         param_hint="--port / --host") from None
 
 
 @app.command("twin")
 def twin_field(
     brain: Annotated[str, typer.Option(help="the brain service's URL, e.g. http://127.0.0.1:8000")],
-    key: Annotated[str, typer.Option(envvar="URBANBRAIN_KEY", help="a device key for the twin's devices (or URBANBRAIN_KEY)")],
+    key_file: Annotated[Path | None, typer.Option(help=f"a file holding the device key for the twin's devices (else the {KEY_ENV} environment variable; never on the command line, where `ps` shows it)")] = None,
     scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
     speed: Annotated[float, typer.Option(min=0, help="simulated seconds per real second (0: as fast as possible)")] = 1.0,
     duration: Annotated[float | None, typer.Option(min=1, help="stop after this many simulated seconds")] = None,
     seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the run's KPIs (measured in SUMO) as JSON here")] = None,
     failsafe: Annotated[float, typer.Option(min=1, help="a signal controller runs its own plan after this many seconds without a command")] = 10.0,
-    emergency: Annotated[int, typer.Option(min=0, max=200, help="dispatch this many random emergency vehicles over the run (or the first hour); they report to the brain and follow the routes it plans (the key must speak for them: a device key for '*' or an admin key)")] = 0,
+    emergency: Annotated[int, typer.Option(min=0, max=200, help=f"dispatch this many random emergency vehicles over the run (or the first hour); they report to the brain and follow the routes it plans, with an emergency key (--emergency-key-file or {EMERGENCY_KEY_ENV})")] = 0,
+    emergency_key_file: Annotated[Path | None, typer.Option(help=f"with --emergency: a file holding the emergency key the vehicles report and read their routes with (else {EMERGENCY_KEY_ENV})")] = None,
+    brain_wait: Annotated[float, typer.Option(min=0, help="seconds to wait for a brain that does not answer yet before giving up")] = BRAIN_WAIT_S,
+    buffer: Annotated[Path | None, typer.Option(help="a folder for the field's outbox (events the brain has not acknowledged, kept across a restart of the twin) and rejected.jsonl (what the brain refused, with its reasons); default: a temporary one")] = None,
+    buffer_mb: Annotated[float, typer.Option(min=1, help="the outbox's bound on disk; past it the oldest events go first, counted")] = DEFAULT_MAX_BYTES / 2**20,
+    flush_wait: Annotated[float, typer.Option(min=0, help="at the end, seconds to go on resending what the brain has not acknowledged")] = FLUSH_WAIT_S,
 ) -> None:
-    """The twin as a separate field: its devices post events to a brain over HTTP and apply its commands."""
+    """The twin as a separate field: its devices post events to a brain over HTTP and apply its commands.
+
+    Nothing the brain does stops it: while the brain is away or refuses, the signal
+    controllers run their own plans, events wait in the outbox on disk and are resent
+    in order when it answers again; events it refuses are set aside with its reasons."""
     from dataclasses import asdict
 
     from urbanbrain.kpi.metrics import trip_kpis
     from urbanbrain.service.field import TwinField, http_routes, http_transport
     from urbanbrain.twin.emergency import random_trips
 
+    key = _read_key(key_file, KEY_ENV, "--key-file", "a device key for its devices")
+    fleet_key = (_read_key(emergency_key_file, EMERGENCY_KEY_ENV, "--emergency-key-file",
+                           "an emergency key for its emergency vehicles") if emergency else None)
     loaded, network = _load(scenario)
     trips = None
     if emergency:  # seeded like `run --emergency`: the same vehicles for the same scenario, seed and duration
@@ -232,17 +311,31 @@ def twin_field(
             trips = random_trips(network, emergency, seed=seed, begin_s=loaded.begin_s, horizon_s=duration or 3600.0)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--emergency") from None
+    _check_brain(brain, key, brain_wait, fleet=(fleet_key, trips[0].vehicle) if trips else None)
     with tempfile.TemporaryDirectory(prefix="urbanbrain-twin-") as tmp:
         tripinfo = Path(tmp) / "tripinfo.xml"
+        outbox = _outbox(buffer, buffer_mb)
         field = TwinField(loaded, network, http_transport(brain, key), seed=seed, speed=speed, horizon_s=duration,
                           tripinfo_path=tripinfo, failsafe_s=failsafe, emergency=trips,
-                          routes=http_routes(brain, key) if trips else None)
+                          routes=http_routes(brain, fleet_key) if trips else None,
+                          priority_send=http_transport(brain, fleet_key) if trips else None,
+                          outbox=outbox, say=lambda message: console.print(message, highlight=False))
         console.print(f"twin of {loaded.name}: its devices post to {brain}"
                       + (f"; {emergency} emergency vehicles read their routes from it" if trips else ""))
         try:
             field.run()
+            if outbox.count and not field.flush(flush_wait):
+                console.print(f"[yellow]{outbox.count} events not acknowledged by the brain after {flush_wait:g} s"
+                              + (f": kept in {outbox.path}, resent by the next run with --buffer {buffer}[/]" if buffer
+                                 else " (lost with the temporary outbox: give --buffer to keep them)[/]"))
         except KeyboardInterrupt:
             console.print("stopped")
+        if outbox.dropped:
+            console.print(f"[yellow]{outbox.dropped} events dropped: the brain stayed away past the outbox's bound[/]")
+        if field.rejected:
+            console.print(f"[yellow]{field.rejected} events refused by the brain"
+                          + (f": with its reasons in {field.rejects}[/]" if buffer else " (give --buffer to keep them with its reasons)[/]"))
+        field.close()
         kpis = trip_kpis(tripinfo, field.twin.now)
     console.print(f"{loaded.name}: {kpis.scheduled} vehicles scheduled, {kpis.throughput} arrived, "
                   f"total delay {kpis.total_delay_s:.1f} s/veh, travel time {kpis.att_s:.1f} s (measured in SUMO)")
@@ -258,6 +351,116 @@ def twin_field(
     if json_path:
         report.write_json({"scenario": loaded.name, "until_s": field.twin.now, "brain": brain, "kpis": asdict(kpis),
                            **({"emergency": vehicles} if trips else {})}, json_path)
+
+
+def _outbox(folder: Path | None, bound_mb: float):
+    """The field's outbox: in `folder` (made if need be; what a previous run left is resent first), else temporary."""
+    if folder is None:
+        return Outbox(max_bytes=int(bound_mb * 2**20))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return Outbox(folder / "outbox.db", max_bytes=int(bound_mb * 2**20))
+    except (OSError, sqlite3.Error) as exc:
+        raise typer.BadParameter(f"cannot keep the field's outbox in {folder}: {exc}", param_hint="--buffer") from None
+
+
+def _read_key(key_file: Path | None, env: str, option: str, what: str) -> str:
+    """A key from its file (whitespace stripped) or else the environment: a key given
+    as an argument would be readable by every user of the machine in `ps`."""
+    if key_file is None:
+        key = os.environ.get(env, "").strip()
+        if not key:
+            raise typer.BadParameter(f"the twin needs {what}: put it in a file and give {option} PATH, or set {env}",
+                                     param_hint=option)
+        return key
+    try:
+        key = key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read the key from {key_file}: {getattr(exc, 'strerror', None) or exc}",
+                                 param_hint=option) from None
+    if not key:
+        raise typer.BadParameter(f"{key_file} is empty: it should hold {what}", param_hint=option)
+    return key
+
+
+def _fail(message: str) -> typer.Exit:
+    """Say what is wrong on stderr, in one line, and exit with 1 (not a usage error)."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _check_brain(brain: str, key: str, wait_s: float, fleet: tuple[str, str] | None = None) -> None:
+    """Before the simulation starts: the brain answers (within `wait_s`: it may be
+    starting), takes `key` for device events and, with `fleet` (the emergency key and
+    one of its vehicles), that key for the vehicle's route; so a wrong URL or key is
+    one clear line at once, not minutes of silence or a traceback mid-run."""
+    import httpx
+
+    url = brain.rstrip("/")
+    try:
+        with httpx.Client(base_url=url, timeout=BRAIN_REQUEST_S) as client:
+            clock = (_await_health(client, url, wait_s).get("clock") or {}).get("mode")
+            if clock == "wall":
+                raise _fail(f"the brain at {url} keeps the wall clock of a live city, and the twin replays a scenario "
+                            "on a clock of its own: start the brain with `urbanbrain run --no-twin --clock replay`")
+            _check_key(client, url, "/api/commands?after=" + str(NO_COMMAND_YET), key,
+                       "this key", "post device events")
+            if fleet is not None:
+                fleet_key, vehicle = fleet
+                _check_key(client, url, f"/api/emergency/{quote(vehicle, safe='')}/route", fleet_key,
+                           "the emergency key", f"report for emergency vehicle {vehicle} or read its route")
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise typer.BadParameter(f"{brain!r} is not a brain's URL ({exc}); e.g. http://127.0.0.1:8000",
+                                 param_hint="--brain") from None
+
+
+def _await_health(client: httpx.Client, url: str, wait_s: float) -> dict:
+    """GET /health until it answers, for at most `wait_s` seconds; its answer."""
+    import httpx
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            response = client.get("/health")
+            if response.status_code == 200:
+                return response.json()
+            why = f"/health answers {response.status_code}"
+            if response.status_code < 500:  # something answers, but not a brain: waiting will not change that
+                raise _fail(f"{url} is not an urbanbrain brain service ({why})")
+        except httpx.UnsupportedProtocol:
+            raise  # no brain has such a URL: _check_brain names it
+        except httpx.TransportError as exc:
+            why = str(exc) or type(exc).__name__
+        if time.monotonic() + BRAIN_RETRY_S > deadline:
+            raise _fail(f"the brain at {url} does not answer ({why}) after {wait_s:g} s: is `urbanbrain run` "
+                        "started there, and is the address right?")
+        time.sleep(BRAIN_RETRY_S)
+
+
+def _check_key(client: httpx.Client, url: str, path: str, key: str, whose: str, what: str) -> None:
+    """GET `path` with `key`: a 401 or 403 now would stop the field at its first batch
+    (what the answer holds does not matter: a city not loaded yet, 503, or no route yet,
+    404, says the key passed)."""
+    import httpx
+
+    try:
+        response = client.get(path, headers={"X-API-Key": key})
+    except httpx.TransportError as exc:
+        raise _fail(f"the brain at {url} stopped answering ({exc})") from None
+    if response.status_code == 401:
+        raise _fail(f"the brain at {url} refuses {whose} (401): it is unknown or revoked; make one with "
+                    "`urbanbrain keys create NAME --role device|emergency --device ...`")
+    if response.status_code == 403:
+        raise _fail(f"{whose} may not {what} at the brain at {url} (403: {_detail(response)})")
+
+
+def _detail(response: httpx.Response) -> str:
+    """The brain's own reason for a refusal, whatever the body holds."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else response.text[:200]
 
 
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents injected into the twin (ground truth kept apart).")
@@ -331,8 +534,8 @@ def _store(data_dir: Path | None, db: str | None):
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="a name for the key (who or what holds it)")],
-    role: Annotated[str, typer.Option(help="device, viewer, operator or admin")] = "viewer",
-    device: Annotated[list[str] | None, typer.Option(help="device keys: a device id it may speak for (repeat; a trailing * matches a prefix)")] = None,
+    role: Annotated[str, typer.Option(help="device, emergency, viewer, operator or admin")] = "viewer",
+    device: Annotated[list[str] | None, typer.Option(help="device and emergency keys: a device id it may speak for (repeat; a trailing * matches a prefix)")] = None,
     data_dir: DataDir = None,
     db: Db = None,
 ) -> None:
@@ -363,9 +566,13 @@ def keys_list(data_dir: DataDir = None, db: Db = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: Annotated[str, typer.Argument(help="the key's name")], data_dir: DataDir = None, db: Db = None) -> None:
     """Revoke a key: it stops working at once, also for a running service."""
+    from urbanbrain.service.keys import KeyNotFound, LastAdmin, revoke_key
+
     store = _store(data_dir, db)
-    if not store.revoke_key(name):
-        raise typer.BadParameter(f"no active key named {name!r}")
+    try:
+        revoke_key(store, name)
+    except (KeyNotFound, LastAdmin) as exc:
+        raise typer.BadParameter(str(exc)) from None
     store.add_audit("command line", "admin", "revoke key", name, {})
     console.print(f"key {name} revoked")
 

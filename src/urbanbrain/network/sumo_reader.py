@@ -7,7 +7,11 @@ program gets generated phases (one per approach) and a 3 s yellow + 2 s all-red.
 
 from __future__ import annotations
 
+import gzip
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import IO
+from xml.sax import SAXException
 
 import sumolib
 
@@ -27,6 +31,17 @@ FEEDER_REACH_M = 200.0
 ROUTING_CLASS = "emergency"  # the road graph is for emergency vehicles' routes
 GENERATED_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=2.0)
 FALLBACK_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=0.0)
+NET_ROOT = "net"  # the root element of every SUMO network file
+GZIP_MAGIC = b"\x1f\x8b"  # SUMO (and sumolib) read gzipped networks too
+# What reading a file that is XML but not a whole SUMO network raises: the parser's
+# errors (expat's SAXException, lxml's SyntaxError subclasses) when it is cut short, and
+# KeyError, IndexError, ValueError, AttributeError or TypeError from sumolib's handler
+# or from the model built on it when an element or attribute is missing or malformed.
+_READER_ERRORS = (SAXException, SyntaxError, KeyError, IndexError, ValueError, AttributeError, TypeError)
+
+
+class NetworkError(ValueError):
+    """A network file that cannot be read as a SUMO network; the message names the file and why."""
 
 
 def is_green_state(state: str) -> bool:
@@ -39,11 +54,28 @@ def _is_yellow_state(state: str) -> bool:
 
 
 def read_network(net_file: str | Path) -> Network:
-    """Load a SUMO network file into a :class:`Network`."""
+    """Load a SUMO network file into a :class:`Network`.
+
+    A missing file raises FileNotFoundError; a file that is not a SUMO network (empty,
+    not XML, cut short, another kind of SUMO file, elements missing) raises
+    :class:`NetworkError` naming the file and what is wrong, so that a user sees one
+    line, not the XML parser's traceback.
+    """
     path = Path(net_file)
     if not path.is_file():
         raise FileNotFoundError(f"network file not found: {path}")
-    net = sumolib.net.readNet(str(path), withPrograms=True, withInternal=False)
+    _check_root(path)
+    try:
+        network = _model(path, sumolib.net.readNet(str(path), withPrograms=True, withInternal=False))
+    except _READER_ERRORS as exc:
+        raise NetworkError(f"network {path} is not a complete SUMO network: {_reader_error(exc)}") from exc
+    if not network.lanes:
+        raise NetworkError(f"network {path} has no roads (no edge with lanes)")
+    return network
+
+
+def _model(path: Path, net: sumolib.net.Net) -> Network:
+    """The project's model of sumolib's network."""
     lanes = {
         lane.getID(): Lane(
             id=lane.getID(),
@@ -65,6 +97,36 @@ def read_network(net_file: str | Path) -> Network:
     xmin, ymin, xmax, ymax = net.getBoundary()
     return Network(name=path.name.removesuffix(".net.xml"), lanes=lanes, intersections=intersections,
                    bounds=(xmin, ymin, xmax, ymax), roads=_roads(net))
+
+
+def _reader_error(exc: Exception) -> str:
+    """What the reader found wrong, in words (a KeyError alone says only the missing name)."""
+    if isinstance(exc, SAXException | SyntaxError):
+        return f"not well-formed XML ({exc}): is it cut short or corrupted?"
+    if isinstance(exc, KeyError):
+        return f"{exc} is missing (an attribute, or an element that another one refers to)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def open_sumo_xml(path: Path) -> IO[bytes]:
+    """A SUMO XML file opened for reading, gzipped or not (SUMO reads both)."""
+    with path.open("rb") as raw:
+        gzipped = raw.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    return gzip.open(path) if gzipped else path.open("rb")
+
+
+def _check_root(path: Path) -> None:
+    """Refuse an empty file, a file that is not XML, or XML whose root is not <net>
+    (a route file or a .sumocfg given where the network belongs)."""
+    if path.stat().st_size == 0:
+        raise NetworkError(f"network {path} is empty")
+    try:
+        with open_sumo_xml(path) as source:
+            _, root = next(ET.iterparse(source, events=("start",)))
+    except (ET.ParseError, OSError, EOFError, StopIteration) as exc:
+        raise NetworkError(f"network {path} is not XML ({exc})") from None
+    if root.tag != NET_ROOT:
+        raise NetworkError(f"network {path} is not a SUMO network: its root element is <{root.tag}>, not <{NET_ROOT}>")
 
 
 def _roads(net) -> dict[str, Road]:
