@@ -195,3 +195,38 @@ def test_the_last_admin_key_cannot_be_revoked(city: City):
     revoke_key(city.store, "admin")
     with pytest.raises(LastAdmin):
         revoke_key(city.store, "second-admin")
+
+
+def test_forged_times_during_a_replay_neither_move_the_clock_nor_cause_a_fallback(grid_net: Path, grid_city: Path,
+                                                                                  tmp_path: Path):
+    """Finding 1 on a running city: a controller's key posts reports far in the future,
+    creeping 59 s ahead, and far in the past while the twin runs; the brain's clock stays
+    the twin's and every controller stays under the brain."""
+    from urbanbrain.service.field import TwinField, in_process_transport
+    from urbanbrain.service.host import TWIN_PRINCIPAL
+    from urbanbrain.twin.scenario import load_scenario
+
+    city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net, clock="replay")
+    runtime = city.service.runtime
+    field = TwinField(load_scenario(grid_city), city.network, in_process_transport(runtime, TWIN_PRINCIPAL),
+                      speed=0, horizon_s=150)
+    answers: list[int] = []
+    modes: dict[float, set[str]] = {}
+    seq = iter(range(1, 10**6))
+
+    def attack(now: float) -> None:
+        modes[now] = {c.mode for c in field.twin.controllers.values()}
+        if 40 <= now < 60:
+            for forged in (1e12, runtime.city_time + 59.0, 0.0):
+                report = {**city.controller_report(next(seq), forged), "time_in_phase_s": 1.0}
+                answers.append(post(city, [report]).status_code)
+            assert runtime.city_time == now
+
+    try:
+        field.run(on_step=attack)
+    finally:
+        field.close()
+        city.client.close()
+    assert answers.count(422) == 40 and answers.count(200) == 20, "future refused, the past taken as late"
+    assert all(m == {"remote"} for t, m in modes.items() if t >= 20), "no controller ever fell back"
+    assert runtime.city_time == 150.0
