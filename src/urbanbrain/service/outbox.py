@@ -30,6 +30,8 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, channel TEXT NOT NULL, "
                          "payload TEXT NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_channel ON outbox (channel, id)")  # a large backlog's
+        # channels and oldest events are found without reading its payloads
         self.count, self.bytes = self._db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
 
     def append(self, channel: str, payloads: list[str]) -> None:
@@ -46,9 +48,9 @@ class Outbox:
     def oldest(self, channel: str, max_events: int, max_bytes: int) -> list[tuple[int, str]]:
         """The oldest waiting events of a channel, (id, payload), within both limits (at least one)."""
         rows = self._db.execute("SELECT id, payload FROM outbox WHERE channel = ? ORDER BY id LIMIT ?",
-                                (channel, max_events)).fetchall()
+                                (channel, max_events))
         chosen, size = [], 0
-        for row in rows:
+        for row in rows:  # read lazily: the rows past the byte limit are never fetched
             if chosen and size + len(row[1]) > max_bytes:
                 break
             chosen.append(row)
