@@ -263,9 +263,9 @@ def test_a_device_speaks_only_of_what_it_sees(city: City):
 def test_a_revoked_key_loses_its_open_stream(city: City, monkeypatch):
     from starlette.websockets import WebSocketDisconnect
 
-    import urbanbrain.service.app as app_module
+    import urbanbrain.service.streams as streams
 
-    monkeypatch.setattr(app_module, "KEY_RECHECK_S", 0.2)
+    monkeypatch.setattr(streams, "KEY_RECHECK_S", 0.2)
     made = city.client.post("/api/keys", json={"name": "screen", "role": "viewer"}, headers=city.headers("admin")).json()
     with city.client.websocket_connect(f"/live?key={made['key']}") as live:
         assert live.receive_json()["type"] == "tick"

@@ -371,12 +371,12 @@ class CityRuntime:
                 "median_recovery_s": _median(self.priority.recovery_times_s()),
             }
 
-    def commands_for(self, principal: Principal, after: int) -> list[tuple[int, dict[str, Any]]]:
+    def commands_for(self, principal: Principal, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         controllers = None
         if principal.role == "device":
             controllers = [controller_device(i) for i in self.network.intersections
                            if principal.may_speak_for(controller_device(i))]
-        return self.store.commands_after(after, controllers)
+        return self.store.commands_after(after, controllers, limit)
 
     # -- the brain's clock -----------------------------------------------------------
 

@@ -25,7 +25,7 @@ ADMIN = frozenset({"admin"})
 POST_EVENTS = frozenset({"device", "emergency", "admin"})  # which kinds each may post: CityRuntime's check
 ROUTES = frozenset({"emergency", "admin"})  # a navigation unit reads its vehicle's route
 CONFINED = frozenset({"device", "emergency"})  # keys that speak only for the ids they name
-_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 
 
 class KeyError_(ValueError):
@@ -58,7 +58,7 @@ def hash_key(key: str) -> str:
 
 def create_key(store: Store, name: str, role: str, devices: list[str] | None = None) -> str:
     """Make a key and return it (the only time it is seen in clear)."""
-    if not _NAME.match(name):
+    if not NAME_PATTERN.match(name):
         raise KeyError_(f"key name {name!r}: use 1-100 letters, digits, '_', '.', '@' or '-'")
     if role not in ROLES:
         raise KeyError_(f"role {role!r}: choose from {', '.join(ROLES)}")

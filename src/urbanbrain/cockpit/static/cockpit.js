@@ -339,6 +339,9 @@ function connectLive() {
     // read with 4403 (the browser hides HTTP statuses of WebSocket handshakes).
     if (ev.code === 4401) { signOut('Your key was not accepted (401). Enter a valid API key.'); return; }
     if (ev.code === 4403) { signOut("Your key's role may not view the cockpit. Use a viewer, operator or admin key."); return; }
+    // 4429: this key has as many live streams open as the service allows (other tabs or
+    // screens); retrying would only be refused again, so say it and wait for a reload.
+    if (ev.code === 4429) { setConnection('offline', 'Too many open cockpits for this key: close another tab, then reload'); return; }
     // Otherwise a cheap REST call tells a revoked key (401 -> sign-in form) from a
     // server that is just down, then we retry.
     refreshAlerts();
