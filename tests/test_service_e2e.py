@@ -94,7 +94,7 @@ def test_the_twin_over_http_gives_the_kpis_of_the_twin_in_process(grid_city: Pat
     service = start_service(tmp_path, port, "--scenario", str(grid_city), "--no-twin", "--clock", "replay")
     try:
         wait_for(f"http://127.0.0.1:{port}/health", lambda h: h["status"] == "ok", timeout_s=60)
-        made = subprocess.run([*CLI, "keys", "create", "twin", "--role", "device", "--device", "*",
+        made = subprocess.run([*CLI, "keys", "create", "twin", "--role", "device", "--device", "*", "--device", "clock",
                                "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stderr
         key = made.stdout.split(": ")[1].split()[0]
@@ -133,7 +133,7 @@ def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_
     args = ("--scenario", str(grid_city), "--no-twin", "--clock", "replay", "--db", store_url)
     service = start_service(tmp_path, port, *args)
     wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
-    made = subprocess.run([*CLI, "keys", "create", "field", "--role", "device", "--device", "*",
+    made = subprocess.run([*CLI, "keys", "create", "field", "--role", "device", "--device", "*", "--device", "clock",
                            "--data-dir", str(tmp_path), "--db", store_url], capture_output=True, text=True, timeout=60)
     key = made.stdout.split(": ")[1].split()[0]
     scenario = load_scenario(grid_city)
@@ -193,9 +193,10 @@ def test_the_twin_over_http_dispatches_emergency_vehicles_that_follow_the_brains
     try:
         wait_for(f"{url}/health", lambda h: h["status"] == "ok", timeout_s=60)
         keys = {}
-        for name, role, device in (("twin", "device", "*"), ("fleet", "emergency", "ev-*"),
-                                   ("one-detector", "device", "det-1")):
-            made = subprocess.run([*CLI, "keys", "create", name, "--role", role, "--device", device,
+        for name, role, devices in (("twin", "device", ("*", "clock")), ("fleet", "emergency", ("ev-*",)),
+                                    ("one-detector", "device", ("det-1",))):
+            named = [arg for device in devices for arg in ("--device", device)]
+            made = subprocess.run([*CLI, "keys", "create", name, "--role", role, *named,
                                    "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
             assert made.returncode == 0, made.stderr
             keys[name] = made.stdout.split(": ")[1].split()[0]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 CLOCK_DEVICE = "clock"  # the twin's time server
-DEFAULT_MAX_SKEW_S = 5.0  # how far a device's clock may be off the brain's (NTP keeps field clocks within ms)
+DEFAULT_MAX_SKEW_S = 5.0  # how far ahead a device's clock may be (NTP keeps field clocks within ms)
+DEFAULT_LATE_AFTER_S = 10.0  # an event older than this says nothing of the present (a field link's delay is less)
 DEFAULT_MAX_LATE_S = 30 * 86400.0  # older than the store keeps by default: nothing left to use it for
 
 Verdict = Literal["on_time", "late", "ahead", "too_old"]
@@ -29,8 +30,13 @@ class ClockError(ValueError):
 
 @dataclass
 class ClockSettings:
+    """Which clock the brain keeps and how far device times may stray from it: ahead by
+    `max_skew_s` at most (more is refused), behind by `late_after_s` before an event is
+    late (stored, kept out of the present state), by `max_late_s` before it is refused."""
+
     mode: Literal["wall", "replay"] = "wall"
     max_skew_s: float = DEFAULT_MAX_SKEW_S
+    late_after_s: float = DEFAULT_LATE_AFTER_S
     max_late_s: float = DEFAULT_MAX_LATE_S
     source: str = CLOCK_DEVICE  # replay: the one device whose reports set the time
 
@@ -39,8 +45,8 @@ class ClockSettings:
             raise ValueError(f"clock: choose wall or replay, not {self.mode!r}")
         if not 0 < self.max_skew_s <= 3600:
             raise ValueError(f"max-skew: between 0 and 3600 s, not {self.max_skew_s:g}")
-        if self.max_late_s < self.max_skew_s:
-            raise ValueError(f"max-late: at least the skew ({self.max_skew_s:g} s), not {self.max_late_s:g}")
+        if not 0 <= self.late_after_s <= self.max_late_s:
+            raise ValueError(f"late-after: between 0 and the retention ({self.max_late_s:g} s), not {self.late_after_s:g}")
 
 
 class CityClock:
@@ -58,6 +64,11 @@ class CityClock:
     def now(self) -> float | None:
         return self._wall() if self.mode == "wall" else self._declared
 
+    def wall(self) -> float:
+        """The wall clock (Unix seconds), whatever the mode: a replay's time stops when its
+        field stops, and device liveness must not stop with it."""
+        return self._wall()
+
     def follows(self, device_id: str) -> bool:
         """Whether this device's clock reports set the time."""
         return self.mode == "replay" and device_id == self.settings.source
@@ -71,18 +82,21 @@ class CityClock:
                              "a replay from an earlier time needs the brain started again")
 
     def declare(self, declared: float) -> None:
+        """Move a replay's clock to the time its time server declares (never back)."""
         self.check_declared(declared)
         self._declared = declared
 
     def judge(self, event_time: float, now: float) -> Verdict:
+        """An event stamped `event_time` against the clock at `now`: `ahead` and `too_old`
+        are refused, `late` is stored but kept out of the present state."""
         if event_time > now + self.settings.max_skew_s:
             return "ahead"
         if event_time < now - self.settings.max_late_s:
             return "too_old"
-        if event_time < now - self.settings.max_skew_s:
+        if event_time < now - self.settings.late_after_s:
             return "late"
         return "on_time"
 
     def info(self) -> dict[str, object]:
         return {"mode": self.mode, "time": self.now(), "max_skew_s": self.settings.max_skew_s,
-                "max_late_s": self.settings.max_late_s, "source": self.settings.source if self.mode == "replay" else None}
+                "late_after_s": self.settings.late_after_s, "max_late_s": self.settings.max_late_s, "source": self.settings.source if self.mode == "replay" else None}

@@ -56,6 +56,8 @@ from urbanbrain.network.model import Network
 from urbanbrain.state.estimator import JAM_SPACING_M
 from urbanbrain.state.model import CityState
 
+ON_WAY_SLACK = 2  # vehicles on the way to a link's stop line: at most this many times what it holds standing
+
 
 @dataclass(frozen=True)
 class DetectorSettings:
@@ -261,6 +263,7 @@ class IncidentDetector:
             approach.entries += 1
             approach.on_way.pop(passage.plate, None)  # so that `on_way` stays in the order they entered
             approach.on_way[passage.plate] = (passage.time, approach.entries)
+            self._within_capacity(approach)
             return
         approach = self._stop_camera.get(passage.device_id)
         if approach is None:
@@ -276,6 +279,17 @@ class IncidentDetector:
             if earlier < number:
                 approach.arrived_after[plate] = approach.arrived_after.get(plate, 0) + 1
         self._arrived(approach, passage.plate, number, passage.time - entered, passage.time)
+
+    @staticmethod
+    def _within_capacity(approach: _Approach) -> None:
+        """A link holds no more vehicles than fit on it standing: past ON_WAY_SLACK times
+        that, the oldest on the way left unseen (a read missed at the stop line). Bounds
+        the work per passage and the memory whatever a camera reports."""
+        most = ON_WAY_SLACK * max(1, round((approach.to_m - approach.from_m) * max(1, len(approach.lanes)) / JAM_SPACING_M))
+        while len(approach.on_way) > most:
+            plate = next(iter(approach.on_way))
+            del approach.on_way[plate]
+            approach.arrived_after.pop(plate, None)
 
     def _drove_on(self, approach: _Approach, plate: str, now: float) -> None:
         """An alert's vehicle read at the stop line: it had not stopped for good (slow, or

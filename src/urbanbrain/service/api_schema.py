@@ -8,7 +8,7 @@ one shape (`ErrorBody`), so a client reads `detail[i].error` wherever it failed.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException, Query
@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from urbanbrain.devices.protocol import DeviceEvent, SignalCommand
 from urbanbrain.service.keys import CONFINED, NAME_PATTERN, ROLES
+from urbanbrain.store.store import as_utc
 
 MAX_BATCH = 10_000
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a second of a city's device events is well under this
@@ -77,12 +78,7 @@ def error_response(status: int, detail: Any, headers: dict[str, str] | None = No
 # -- what the API answers ---------------------------------------------------------------
 
 
-def _utc(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes; the store writes UTC, and RFC 3339 wants it said."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 Controller = Literal["brain", "fixed", "flash"]
 AlertStatus = Literal["new", "acknowledged", "resolved"]
 
@@ -257,6 +253,17 @@ class Alert(BaseModel):
     acknowledged_at: UtcTime | None
     evidence: dict[str, Any] = Field(description="the measurements that raised it")
     created_at: UtcTime
+
+
+class EventConflictRow(BaseModel):
+    """A resend refused because its (device, seq) is stored with other content: what was sent this time."""
+
+    id: int
+    device_id: str
+    seq: int
+    key_name: str = Field(description="the key that sent it")
+    received_at: UtcTime
+    payload: str = Field(description="the event as sent, JSON (the stored one stays as it was)")
 
 
 class AuditEntry(BaseModel):

@@ -46,6 +46,7 @@ from urbanbrain.service.api_schema import (
     Decision,
     DeviceRow,
     EmergencyState,
+    EventConflictRow,
     EventsAccepted,
     Health,
     IntersectionDetail,
@@ -162,8 +163,8 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
             raise HTTPException(exc.status, [{"item": item, "field": field, "error": reason}
                                              for item, field, reason in exc.errors]) from None
         if who.role == "admin":  # an administrator speaking for devices is audited like any admin write
-            store.add_audit(who.name, who.role, "post events", "devices",
-                            {"accepted": result.accepted, "duplicates": result.duplicates})
+            await asyncio.to_thread(store.add_audit, who.name, who.role, "post events", "devices",
+                                    {"accepted": result.accepted, "duplicates": result.duplicates})
         return EventsAccepted(accepted=result.accepted, duplicates=result.duplicates, city_time=result.city_time,
                               last_command_id=result.last_command_id, late=result.late,
                               commands=[CommandRow(id=i, command=c) for i, c in result.commands])
@@ -270,6 +271,12 @@ def create_app(service: ServiceState, on_shutdown: Callable[[], None] | None = N
     def audit_log(who: Annotated[Principal, Depends(principal(ADMIN))],
                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[AuditEntry]:
         return store.audit_log(limit)
+
+    @app.get("/api/conflicts", responses=error_responses(401, 403, 422))
+    def conflicts(who: Annotated[Principal, Depends(principal(ADMIN))],
+                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[EventConflictRow]:
+        """Resends refused as conflicts (same device and sequence number, other content), newest first."""
+        return store.event_conflicts(limit)
 
     @app.get("/api/keys", dependencies=[Depends(principal(ADMIN))], responses=error_responses(401, 403))
     def keys() -> list[KeyRow]:

@@ -28,7 +28,7 @@ from urbanbrain.control import CONTROLLERS
 from urbanbrain.control.brain_loop import BrainLoop
 from urbanbrain.control.safety import SafetyLayer
 from urbanbrain.core.bus import EventBus
-from urbanbrain.core.clock import CityClock, ClockError
+from urbanbrain.core.clock import CityClock, ClockError, Verdict
 from urbanbrain.devices.inventory import DeviceLayout, place_devices
 from urbanbrain.devices.protocol import (
     DetectorReport,
@@ -41,9 +41,10 @@ from urbanbrain.devices.protocol import (
 from urbanbrain.emergency import EmergencyPriority, RouteError, fastest_route
 from urbanbrain.incidents.detector import IncidentDetector
 from urbanbrain.network.model import Network
-from urbanbrain.service.keys import Principal
+from urbanbrain.service.keys import CONFINED, Principal
 from urbanbrain.state.estimator import SensorEstimator
 from urbanbrain.store import EventConflict, Store, StoredEvent
+from urbanbrain.store.store import as_utc
 
 _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field controller's own mode
 # A device with no event for this long (by the wall clock, and by the city clock in a
@@ -53,6 +54,8 @@ _LOCAL = {"fixed": "plan", "flash": "flash"}  # operator's choice -> the field c
 # (arrived, stood down): only a transponder silent en route is flagged (and priority ends
 # for it at the same time, EmergencyPriority's `silent_s`).
 SILENT_AFTER_S = {"controller": 30.0, "detector": 30.0, "camera": 600.0, "emergency": 10.0, "clock": 30.0}
+DEFAULT_SILENT_AFTER_S = 30.0
+MAX_REACHABILITY_CACHED = 10_000  # (road, destination) answers kept: an emergency key cannot grow it without end
 PRIORITY_ROLES = frozenset({"emergency", "admin"})  # who may post an emergency vehicle's report
 FIELD_ROLES = frozenset({"device", "admin"})  # who may post every other device's
 
@@ -123,17 +126,18 @@ class CityRuntime:
             for loop_id, camera in station.cameras.items():
                 self._camera_lanes.setdefault(camera, set()).add(self._loops[station.device_id][loop_id].lane)
         self._controllers = {controller_device(i): i for i in network.intersections}
+        self._field_devices = {*self._controllers, *self._loops, *self._camera_lanes}
         self._lock = threading.RLock()
         self._new_commands: list[SignalCommand] = []
         self._new_decisions: list[dict[str, Any]] = []
         self._last_tick: float | None = None
-        self._started = datetime.now(UTC)  # a device not heard from within its interval since is missing
+        self._started = self.clock.wall()  # a device not heard from within its interval since is missing
         self._minute: _Minute | None = None
         self._listeners: list[Listener] = []
-        self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received, events]
+        self.devices: dict[str, list[Any]] = {}  # device id -> [kind, last city time, last received (wall s), events]
         self._en_route: set[str] = set()  # transponders whose latest report is en route
         for device_id, kind, last_time, received, count in store.device_summary():
-            self.devices[device_id] = [kind, last_time, _aware(received), count]
+            self.devices[device_id] = [kind, last_time, as_utc(received).timestamp(), count]
         self._last_command_id = store.last_command_id()
         self.modes: dict[str, str] = store.controller_modes()
         for intersection_id, mode in self.modes.items():  # an operator's order survives a restart
@@ -151,7 +155,9 @@ class CityRuntime:
         return self.clock.now()
 
     def clock_info(self) -> dict[str, Any]:
-        return self.clock.info()
+        """The clock's settings and time, and the city time of the brain's last decision
+        (a monitor tells a brain that stopped deciding from one that is idle)."""
+        return {**self.clock.info(), "last_tick": self._last_tick}
 
     def ingest(self, raw: list[Any], principal: Principal, commands_after: int | None = None) -> IngestResult:
         """Validate, store and act on one batch; all or nothing. Returns what was
@@ -167,6 +173,37 @@ class CityRuntime:
                 errors += [(index, f, reason) for f, reason in exc.errors]
         if errors:
             raise BatchError(errors)
+        refused = [error for index, e in enumerate(events) for error in _authority(index, e, principal)]
+        if refused:
+            raise BatchError(refused, status=403)
+        with self._lock:  # the clock is read, judged against and moved as one step: batches in flight at once
+            # (a field's retry overtaking its first try) cannot move it backwards between check and move
+            declared, verdicts = self._judge(events)
+            cursor = self._last_command_id if commands_after is None else commands_after
+            batch = [StoredEvent(e.device_id, e.seq, e.kind, e.time, e.model_dump_json(), late=verdict == "late")
+                     for e, verdict in zip(events, verdicts)]
+            try:
+                fresh = self.store.append_events(batch, principal.name)
+            except EventConflict as exc:
+                raise BatchError(_conflicts(batch, exc.conflicts), status=409) from None
+            new = _first_copies(events, fresh)
+            late = {(e.device_id, e.seq) for e in fresh if e.late}
+            published = [e for e in new if (e.device_id, e.seq) not in late and e.kind != "clock"]
+            self._register(new, late)
+            if declared is not None:
+                self.clock.declare(declared)
+            self.bus.publish_all(published)
+            self._audit_priority(published, principal)
+            if declared is not None:  # a replay's time server drives the brain: it decides when the time is declared
+                self._advance(declared)
+            commands = self.commands_for(principal, cursor)
+            last = max([cursor, *(command_id for command_id, _ in commands)])
+            return IngestResult(len(fresh), len(events) - len(fresh), self.city_time, commands, last, len(late))
+
+    def _judge(self, events: list) -> tuple[float | None, list[Verdict]]:
+        """Each event against the registry and the brain's clock (the time a replay's
+        time server declares in this batch, if it does): (that time, each event's
+        verdict), or BatchError naming every event refused."""
         errors = [error for index, event in enumerate(events) for error in self._check_device(index, event)]
         declared = max((e.time for e in events if e.kind == "clock"), default=None)
         if declared is not None and not errors:
@@ -185,30 +222,7 @@ class CityRuntime:
                   for index, (e, verdict) in enumerate(zip(events, verdicts)) if verdict in ("ahead", "too_old")]
         if errors:
             raise BatchError(errors)
-        refused = [error for index, e in enumerate(events) for error in _authority(index, e, principal)]
-        if refused:
-            raise BatchError(refused, status=403)
-        with self._lock:
-            cursor = self._last_command_id if commands_after is None else commands_after
-            batch = [StoredEvent(e.device_id, e.seq, e.kind, e.time, e.model_dump_json(), late=verdict == "late")
-                     for e, verdict in zip(events, verdicts)]
-            try:
-                fresh = self.store.append_events(batch, principal.name)
-            except EventConflict as exc:
-                raise BatchError(_conflicts(batch, exc.conflicts), status=409) from None
-            fresh_keys = {(e.device_id, e.seq): e.late for e in fresh}
-            published = [e for e in events if fresh_keys.get((e.device_id, e.seq)) is False and e.kind != "clock"]
-            self._register(events, fresh_keys)
-            if declared is not None:
-                self.clock.declare(declared)
-            self.bus.publish_all(published)
-            self._audit_priority(published, principal)
-            if declared is not None:  # a replay's time server drives the brain: it decides when the time is declared
-                self._advance(declared)
-            commands = self.commands_for(principal, cursor)
-            last = max([cursor, *(command_id for command_id, _ in commands)])
-            late = sum(fresh_keys.values())
-            return IngestResult(len(fresh), len(events) - len(fresh), self.city_time, commands, last, late)
+        return declared, verdicts
 
     def tick(self) -> None:
         """A live city's heartbeat (every second, from the service): the brain decides
@@ -218,7 +232,7 @@ class CityRuntime:
         with self._lock:
             self._advance(self.clock.now())
 
-    def _clock_refusal(self, event_time: float, now: float, verdict: str) -> str:
+    def _clock_refusal(self, event_time: float, now: float, verdict: Verdict) -> str:
         settings = self.clock.settings
         if verdict == "ahead":
             return (f"{event_time:g} is {event_time - now:.0f} s ahead of the brain's clock ({now:g}); at most "
@@ -226,15 +240,13 @@ class CityRuntime:
         return (f"{event_time:g} is {now - event_time:.0f} s behind the brain's clock ({now:g}); events older than "
                 f"{settings.max_late_s:g} s are refused")
 
-    def _register(self, events: list, fresh: dict[tuple[str, int], bool]) -> None:
+    def _register(self, events: list, late: set[tuple[str, int]]) -> None:
         """The device registry's record of what each device last sent (late events too:
-        a device whose backlog arrives is alive)."""
-        received = datetime.now(UTC)
+        a device whose backlog arrives is alive), received by the brain's wall clock."""
+        received = self.clock.wall()
         for e in events:
-            if (e.device_id, e.seq) not in fresh:
-                continue
             entry = self.devices.setdefault(e.device_id, [e.kind, e.time, received, 0])
-            entry[1] = e.time if fresh[(e.device_id, e.seq)] is False else max(entry[1], e.time)
+            entry[1] = max(entry[1], e.time) if (e.device_id, e.seq) in late else e.time
             entry[2] = received
             entry[3] += 1
 
@@ -322,6 +334,8 @@ class CityRuntime:
         if event.device_id != event.vehicle:
             return [("vehicle", f"transponder {event.device_id!r} reports for {event.vehicle!r}; "
                                 f"a transponder reports its own vehicle (device_id = vehicle)")]
+        if event.device_id in self._field_devices:
+            return [("vehicle", f"{event.device_id!r} is a field device of the registry, not an emergency vehicle")]
         roads = self.network.roads
         if event.edge not in roads:
             return [("edge", f"{event.edge!r} is not a road of {self.network.name!r}")]
@@ -342,6 +356,8 @@ class CityRuntime:
         """Why `destination` cannot be reached from `origin` (None if it can); remembered,
         since the road graph does not change and a transponder reports every second."""
         key = (origin, destination)
+        if key not in self._reachability and len(self._reachability) >= MAX_REACHABILITY_CACHED:
+            self._reachability.clear()
         if key not in self._reachability:
             try:
                 fastest_route(self.network, origin, destination)
@@ -373,7 +389,7 @@ class CityRuntime:
 
     def commands_for(self, principal: Principal, after: int, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         controllers = None
-        if principal.role == "device":
+        if principal.role in CONFINED:  # an emergency key's vehicles are no controllers: it reads none
             controllers = [controller_device(i) for i in self.network.intersections
                            if principal.may_speak_for(controller_device(i))]
         return self.store.commands_after(after, controllers, limit)
@@ -541,20 +557,20 @@ class CityRuntime:
         clock, and in a replay by the city clock too), `waiting` (not heard from yet,
         within its interval since the brain started) or `missing` (not heard from since)."""
         with self._lock:
-            now, wall = self.city_time, datetime.now(UTC)
+            now, wall = self.city_time, self.clock.wall()
             rows = []
             for device, kind in sorted({**self.expected_devices(), **{d: e[0] for d, e in self.devices.items()}}.items()):
                 entry = self.devices.get(device)
-                quiet = SILENT_AFTER_S.get(kind, 30.0)
+                quiet = SILENT_AFTER_S.get(kind, DEFAULT_SILENT_AFTER_S)
                 if entry is None:
-                    missing = (wall - self._started).total_seconds() > quiet
+                    missing = wall - self._started > quiet
                     rows.append({"device_id": device, "kind": kind, "last_time": None, "last_seen_at": None,
                                  "events": 0, "silent": missing, "status": "missing" if missing else "waiting"})
                     continue
                 _, last, received, count = entry
-                silent = ((wall - received).total_seconds() > quiet or (now is not None and now - last > quiet)) \
+                silent = (wall - received > quiet or (now is not None and now - last > quiet)) \
                     and (kind != "emergency" or device in self._en_route)
-                rows.append({"device_id": device, "kind": kind, "last_time": last, "last_seen_at": received.isoformat(),
+                rows.append({"device_id": device, "kind": kind, "last_time": last, "last_seen_at": datetime.fromtimestamp(received, UTC).isoformat(),
                              "events": count, "silent": silent, "status": "silent" if silent else "reporting"})
             return rows
 
@@ -595,17 +611,17 @@ def _greens(state: str) -> frozenset[int]:
     return frozenset(i for i, c in enumerate(state) if c in "gG")
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes; the store writes UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _authority(index: int, event, principal: Principal) -> list[tuple[int, str, str]]:
     """Whether the key may post this event: speak for its device, and its kind: only a
-    registered emergency vehicle's key (or an administrator) asks for priority, and an
-    emergency key posts nothing else."""
+    registered emergency vehicle's key (or an administrator) asks for priority, an
+    emergency key posts nothing else, and only a key that names the time server itself
+    declares a replay's time (it can stop a whole city: no wildcard grants it)."""
     if not principal.may_speak_for(event.device_id):
         return [(index, "device_id", f"key {principal.name!r} may not report for device {event.device_id!r}")]
+    if event.kind == "clock" and principal.role != "admin" and event.device_id not in principal.devices:
+        return [(index, "device_id", f"key {principal.name!r} may not speak for the time server {event.device_id!r}: "
+                                     "it must be named in the key itself (no wildcard covers it), e.g. "
+                                     f"--device '*' --device {event.device_id}")]
     if event.kind == "emergency" and principal.role not in PRIORITY_ROLES:
         return [(index, "kind", f"key {principal.name!r} ({principal.role}) may not ask for priority: emergency "
                                 "vehicles report with their own emergency key")]
@@ -618,3 +634,14 @@ def _conflicts(batch: list[StoredEvent], conflicts: list[StoredEvent]) -> list[t
     keys = {(e.device_id, e.seq) for e in conflicts}
     return [(index, "seq", f"{e.device_id!r} sent sequence number {e.seq} before with other content; this copy is "
                            "refused and kept for inspection") for index, e in enumerate(batch) if (e.device_id, e.seq) in keys]
+
+
+def _first_copies(events: list, fresh: list[StoredEvent]) -> list:
+    """The events the store took as new, each once (a second copy in the batch is a repeat)."""
+    wanted = {(e.device_id, e.seq) for e in fresh}
+    new = []
+    for e in events:
+        if (e.device_id, e.seq) in wanted:
+            wanted.discard((e.device_id, e.seq))
+            new.append(e)
+    return new

@@ -7,14 +7,16 @@ in-process twin then talks to the brain through the same ingress as remote devic
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-from urbanbrain.core.clock import DEFAULT_MAX_SKEW_S, CityClock, ClockSettings
+from urbanbrain.core.clock import CLOCK_DEVICE, DEFAULT_MAX_SKEW_S, CityClock, ClockSettings
 from urbanbrain.incidents.injection import MIN_HORIZON_S, IncidentInjector, random_incidents
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
@@ -28,9 +30,11 @@ from urbanbrain.store.store import sqlite_url
 from urbanbrain.twin.emergency import random_trips
 from urbanbrain.twin.scenario import load_scenario
 
-TWIN_PRINCIPAL = Principal("in-process twin", "device", ("*",))
+LOG = logging.getLogger(__name__)
+TWIN_PRINCIPAL = Principal("in-process twin", "device", ("*", CLOCK_DEVICE))  # its devices and its time server
 FLEET_PRINCIPAL = Principal("in-process twin fleet", "emergency", ("*",))  # its emergency vehicles' own credentials
 TICK_S = 1.0  # a live city's brain decides every second of the wall clock
+STOP_BUDGET_S = 4.0  # the city's part of the service's 5 s to stop (the server takes what is left)
 
 
 @dataclass(frozen=True)
@@ -121,20 +125,31 @@ class CityHost:
         threading.Thread(target=self._tick, name="clock", daemon=True).start()
 
     def stop(self) -> None:
+        """Stop the twin and the webhook deliveries within STOP_BUDGET_S together (what
+        they have not finished is in the store: deliveries are retried at the next start)."""
+        deadline = time.monotonic() + STOP_BUDGET_S
         self._stopping.set()
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
         if self.field is not None:
             self.field.stop()
-        self.thread.join(timeout=30)
+        if self.dispatcher is not None:
+            self.dispatcher.stop(timeout_s=max(0.0, deadline - time.monotonic()) / 2)
+        self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _tick(self) -> None:
         """A live city's brain decides every second of the wall clock, whether or not
-        the field reports (a replay's brain ticks when its time server declares)."""
-        while not self._stopping.wait(TICK_S):
+        the field reports (a replay's brain ticks when its time server declares), on a
+        fixed schedule; a tick that fails (the database away a moment) is logged and the
+        next one tried: the brain must not stop deciding for one error."""
+        next_tick = time.monotonic() + TICK_S
+        while not self._stopping.wait(max(0.0, next_tick - time.monotonic())):
+            next_tick += TICK_S
             runtime = self.service.runtime
-            if runtime is not None:
+            if runtime is None:
+                continue
+            try:
                 runtime.tick()
+            except Exception:  # noqa: BLE001 - any failure of one tick; the next may succeed
+                LOG.exception("the brain's tick failed")
 
     def _retain(self) -> None:
         """Apply the retention at start and every hour after."""

@@ -85,7 +85,7 @@ def authenticate(store: Store, key: str | None) -> Principal | None:
 
 def revoke_key(store: Store, name: str) -> None:
     """Revoke a key at once; refuses (LastAdmin) to revoke the last active admin key."""
-    if not store.revoke_key(name, keep_an_admin=True):
+    if not store.revoke_key(name):
         if any(k["name"] == name and k["revoked_at"] is None for k in store.keys()):
             raise LastAdmin(f"{name!r} is the last active admin key: make another admin key first")
         raise KeyNotFound(f"no active key named {name!r}")

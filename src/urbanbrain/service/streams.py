@@ -46,7 +46,7 @@ class Streams:
         self.open: Counter[str] = Counter()
 
     async def serve(self, socket: WebSocket, key: str | None, roles: frozenset[str], select: Select) -> None:
-        who = authenticate(self.service.store, key)
+        who = await asyncio.to_thread(authenticate, self.service.store, key)
         await socket.accept()
         refusal = self._refusal(who, roles)
         if refusal is not None:
@@ -88,7 +88,7 @@ class Streams:
                 except TimeoutError:
                     message = None
                 if time.monotonic() - checked >= KEY_RECHECK_S:  # a key revoked meanwhile ends the stream
-                    if authenticate(self.service.store, key) is None:
+                    if await asyncio.to_thread(authenticate, self.service.store, key) is None:
                         await socket.close(CLOSE_NO_KEY, "the key was revoked")
                         return
                     checked = time.monotonic()

@@ -40,9 +40,10 @@ class WebhookDispatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop delivering (a delivery under way is given `timeout_s`; one cut short is retried at the next start)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=timeout_s)
         self._client.close()
 
     def deliver_due(self) -> int:

@@ -17,18 +17,33 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, tuple_, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from urbanbrain.store.schema import (alerts, api_keys, audit, commands, controller_modes, decisions, device_events,
-                                     event_conflicts, kpi_minutes, webhook_deliveries)
+from urbanbrain.store.schema import (
+    alerts,
+    api_keys,
+    audit,
+    commands,
+    controller_modes,
+    decisions,
+    device_events,
+    event_conflicts,
+    kpi_minutes,
+    webhook_deliveries,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; the store writes UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -275,18 +290,21 @@ class Store:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def revoke_key(self, name: str, keep_an_admin: bool = False) -> bool:
-        """Revoke an active key; False if there is none of that name or (with
-        `keep_an_admin`) it is the last active admin key. The active admin keys are
-        locked first, so two revocations at once cannot both pass that check."""
+    def revoke_key(self, name: str) -> bool:
+        """Revoke an active key, unless it is the last active admin key; False if there is
+        no active key of that name or it is the last admin. One guarded statement, so two
+        revocations at once cannot both pass the check: SQLite runs writes one at a time,
+        and on PostgreSQL the active admin keys are locked first (under READ COMMITTED the
+        subquery alone would let two revocations of the last two admins both through)."""
+        others = select(func.count()).select_from(api_keys).where(
+            api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None), api_keys.c.name != name).scalar_subquery()
         with self.engine.begin() as connection:
-            if keep_an_admin:
-                admins = connection.execute(select(api_keys.c.name).where(
-                    api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None)).with_for_update()).scalars().all()
-                if admins == [name]:
-                    return False
-            result = connection.execute(update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
-                                        .values(revoked_at=utcnow()))
+            if self.dialect == "postgresql":
+                connection.execute(select(api_keys.c.id).where(api_keys.c.role == "admin",
+                                                               api_keys.c.revoked_at.is_(None)).with_for_update())
+            result = connection.execute(update(api_keys).where(
+                api_keys.c.name == name, api_keys.c.revoked_at.is_(None),
+                or_(api_keys.c.role != "admin", others > 0)).values(revoked_at=utcnow()))
         return result.rowcount > 0
 
     def add_audit(self, key_name: str, role: str, action: str, target: str, detail: dict[str, Any]) -> None:
@@ -385,7 +403,7 @@ class Store:
     # -- retention -------------------------------------------------------------------
 
     def purge(self, events_days: float, decisions_days: float) -> tuple[int, int]:
-        """Delete device events, decisions and commands older than the retention (by when
+        """Delete device events (and refused conflicting copies), decisions and commands older than the retention (by when
         they arrived or were made; the newest command always stays, as the command ids'
         high-water mark); KPI minutes, keys and the audit trail are kept. Returns the
         numbers of events and decisions deleted."""
@@ -393,6 +411,8 @@ class Store:
         with self.engine.begin() as connection:
             gone_events = connection.execute(delete(device_events).where(
                 device_events.c.received_at < now - timedelta(days=events_days))).rowcount
+            connection.execute(delete(event_conflicts).where(
+                event_conflicts.c.received_at < now - timedelta(days=events_days)))
             gone_decisions = connection.execute(delete(decisions).where(
                 decisions.c.created_at < now - timedelta(days=decisions_days))).rowcount
             newest = connection.execute(select(func.coalesce(func.max(commands.c.id), 0))).scalar_one()
