@@ -99,7 +99,9 @@ def test_field_controllers_refuse_stale_and_future_commands(grid_net: Path):
     controller.apply(go(100.0 + 3600.0), 100.0)
     controller.apply(go(100.0 - 6.0), 100.0)
     controller.apply(go(100.0 - 3.0, valid_s=2.0), 100.0)
-    assert controller.ignored == {"future": 1, "stale": 2} and not controller.in_change
+    controller.apply(SignalCommand(device_id="brain", seq=2, time=100.0, intersection=intersection.id, action="go",
+                                   phase=len(intersection.phases)), 100.0)
+    assert controller.ignored == {"future": 1, "stale": 2, "unknown phase": 1} and not controller.in_change
     controller.apply(go(99.0), 100.0)
     assert controller.in_change
 

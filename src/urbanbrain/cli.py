@@ -29,6 +29,8 @@ from urbanbrain.twin.scenario import Scenario, count_demand, load_scenario
 if TYPE_CHECKING:
     import httpx  # imported where the twin talks to its brain: the other commands do without it
 
+    from urbanbrain.service.field import TwinField
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="urbanbrain: an open-source City Brain.")
 console = Console(width=None if sys.stdout.isatty() else 180)
 
@@ -286,7 +288,7 @@ def twin_field(
     emergency: Annotated[int, typer.Option(min=0, max=200, help=f"dispatch this many random emergency vehicles over the run (or the first hour); they report to the brain and follow the routes it plans, with an emergency key (--emergency-key-file or {EMERGENCY_KEY_ENV})")] = 0,
     emergency_key_file: Annotated[Path | None, typer.Option(help=f"with --emergency: a file holding the emergency key the vehicles report and read their routes with (else {EMERGENCY_KEY_ENV})")] = None,
     brain_wait: Annotated[float, typer.Option(min=0, help="seconds to wait for a brain that does not answer yet before giving up")] = BRAIN_WAIT_S,
-    buffer: Annotated[Path | None, typer.Option(help="a folder for the field's outbox (events the brain has not acknowledged, kept across a restart of the twin) and rejected.jsonl (what the brain refused, with its reasons); default: a temporary one")] = None,
+    buffer: Annotated[Path | None, typer.Option(help="a folder that keeps, for inspection after the run, the field's outbox.db (events the brain has not acknowledged) and rejected.jsonl (what the brain refused, with its reasons); its outbox must hold no events of an earlier run, which no brain replaying this one can take; default: a temporary folder")] = None,
     buffer_mb: Annotated[float, typer.Option(min=1, help="the outbox's bound on disk; past it the oldest events go first, counted")] = DEFAULT_MAX_BYTES / 2**20,
     flush_wait: Annotated[float, typer.Option(min=0, help="at the end, seconds to go on resending what the brain has not acknowledged")] = FLUSH_WAIT_S,
 ) -> None:
@@ -294,7 +296,8 @@ def twin_field(
 
     Nothing the brain does stops it: while the brain is away or refuses, the signal
     controllers run their own plans, events wait in the outbox on disk and are resent
-    in order when it answers again; events it refuses are set aside with its reasons."""
+    in order when it answers again; events it refuses are set aside with its reasons.
+    The brain must be a replay brain that has followed no other run yet."""
     from dataclasses import asdict
 
     from urbanbrain.kpi.metrics import trip_kpis
@@ -311,10 +314,10 @@ def twin_field(
             trips = random_trips(network, emergency, seed=seed, begin_s=loaded.begin_s, horizon_s=duration or 3600.0)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--emergency") from None
-    _check_brain(brain, key, brain_wait, fleet=(fleet_key, trips[0].vehicle) if trips else None)
+    outbox = _outbox(buffer, buffer_mb)
+    _check_brain(brain, key, brain_wait, loaded.begin_s, fleet=(fleet_key, trips[0].vehicle) if trips else None)
     with tempfile.TemporaryDirectory(prefix="urbanbrain-twin-") as tmp:
         tripinfo = Path(tmp) / "tripinfo.xml"
-        outbox = _outbox(buffer, buffer_mb)
         field = TwinField(loaded, network, http_transport(brain, key), seed=seed, speed=speed, horizon_s=duration,
                           tripinfo_path=tripinfo, failsafe_s=failsafe, emergency=trips,
                           routes=http_routes(brain, fleet_key) if trips else None,
@@ -324,17 +327,10 @@ def twin_field(
                       + (f"; {emergency} emergency vehicles read their routes from it" if trips else ""))
         try:
             field.run()
-            if outbox.count and not field.flush(flush_wait):
-                console.print(f"[yellow]{outbox.count} events not acknowledged by the brain after {flush_wait:g} s"
-                              + (f": kept in {outbox.path}, resent by the next run with --buffer {buffer}[/]" if buffer
-                                 else " (lost with the temporary outbox: give --buffer to keep them)[/]"))
+            field.flush(flush_wait)
         except KeyboardInterrupt:
             console.print("stopped")
-        if outbox.dropped:
-            console.print(f"[yellow]{outbox.dropped} events dropped: the brain stayed away past the outbox's bound[/]")
-        if field.rejected:
-            console.print(f"[yellow]{field.rejected} events refused by the brain"
-                          + (f": with its reasons in {field.rejects}[/]" if buffer else " (give --buffer to keep them with its reasons)[/]"))
+        _report_field(field, buffer, flush_wait)
         field.close()
         kpis = trip_kpis(tripinfo, field.twin.now)
     console.print(f"{loaded.name}: {kpis.scheduled} vehicles scheduled, {kpis.throughput} arrived, "
@@ -353,15 +349,47 @@ def twin_field(
                            **({"emergency": vehicles} if trips else {})}, json_path)
 
 
-def _outbox(folder: Path | None, bound_mb: float):
-    """The field's outbox: in `folder` (made if need be; what a previous run left is resent first), else temporary."""
+def _outbox(folder: Path | None, bound_mb: float) -> Outbox:
+    """The field's outbox: in `folder` (made if need be), kept there after the run for
+    inspection; else temporary. An outbox still holding events is refused: they belong
+    to an earlier run, and a replay brain judges events on the clock of the run it
+    follows (one that followed that run has moved past this one's start; a fresh one
+    has never seen it)."""
     if folder is None:
         return Outbox(max_bytes=int(bound_mb * 2**20))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        return Outbox(folder / "outbox.db", max_bytes=int(bound_mb * 2**20))
+        outbox = Outbox(folder / "outbox.db", max_bytes=int(bound_mb * 2**20))
     except (OSError, sqlite3.Error) as exc:
         raise typer.BadParameter(f"cannot keep the field's outbox in {folder}: {exc}", param_hint="--buffer") from None
+    if outbox.count:
+        waiting = outbox.count
+        outbox.close()
+        raise _fail(f"{outbox.path} holds {waiting} events an earlier run did not deliver, which no brain replaying "
+                    "this run can take: move the file away (to keep it) or delete it, or give another --buffer")
+    return outbox
+
+
+def _report_field(field: TwinField, buffer: Path | None, flush_wait: float) -> None:
+    """What the field could not do for the brain, at the end of a run."""
+    if field.backlog.count:
+        console.print(f"[yellow]{field.backlog.count} events not acknowledged by the brain after {flush_wait:g} s"
+                      + (f": kept in {field.backlog.path} for inspection (move it away before the next run with "
+                         f"--buffer {buffer})[/]" if buffer else " (lost with the temporary outbox: give --buffer to "
+                                                                 "keep them for inspection)[/]"))
+    if field.backlog.dropped:
+        console.print(f"[yellow]{field.backlog.dropped} events dropped: past the outbox's bound, or refused by its "
+                      f"disk{f' ({field.backlog.error})' if field.backlog.error else ''}[/]")
+    if field.rejected and not buffer:
+        console.print(f"[yellow]{field.rejected} events refused by the brain (give --buffer to keep them with its "
+                      "reasons)[/]")
+    elif field.rejected:
+        unwritten = field.rejects.unwritten
+        console.print(f"[yellow]{field.rejected} events refused by the brain: with its reasons in {field.rejects.path}"
+                      + (f", but for {unwritten} ({field.rejects.error})" if unwritten else "") + "[/]")
+    if field.bad_commands or field.bad_advice:
+        console.print(f"[yellow]{field.bad_commands} commands and {field.bad_advice} route advice from the brain "
+                      "that the field could not carry out, skipped[/]")
 
 
 def _read_key(key_file: Path | None, env: str, option: str, what: str) -> str:
@@ -389,20 +417,25 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _check_brain(brain: str, key: str, wait_s: float, fleet: tuple[str, str] | None = None) -> None:
+def _check_brain(brain: str, key: str, wait_s: float, begin_s: float, fleet: tuple[str, str] | None = None) -> None:
     """Before the simulation starts: the brain answers (within `wait_s`: it may be
-    starting), takes `key` for device events and, with `fleet` (the emergency key and
-    one of its vehicles), that key for the vehicle's route; so a wrong URL or key is
-    one clear line at once, not minutes of silence or a traceback mid-run."""
+    starting), follows a replay's clock not yet past the scenario's `begin_s`, takes
+    `key` for device events and, with `fleet` (the emergency key and one of its
+    vehicles), that key for the vehicle's route; so a wrong URL, brain or key is one
+    clear line at once, not minutes of silence, refusals or a traceback mid-run."""
     import httpx
 
     url = brain.rstrip("/")
     try:
         with httpx.Client(base_url=url, timeout=BRAIN_REQUEST_S) as client:
-            clock = (_await_health(client, url, wait_s).get("clock") or {}).get("mode")
-            if clock == "wall":
+            clock = _await_health(client, url, wait_s).get("clock") or {}
+            if clock.get("mode") == "wall":
                 raise _fail(f"the brain at {url} keeps the wall clock of a live city, and the twin replays a scenario "
                             "on a clock of its own: start the brain with `urbanbrain run --no-twin --clock replay`")
+            at = clock.get("time")
+            if isinstance(at, (int, float)) and at > begin_s:
+                raise _fail(f"the brain at {url} has followed a replay to t={at:g}, past this scenario's start "
+                            f"(t={begin_s:g}), and its clock never runs backwards: start it again for this run")
             _check_key(client, url, "/api/commands?after=" + str(NO_COMMAND_YET), key,
                        "this key", "post device events")
             if fleet is not None:
@@ -422,9 +455,10 @@ def _await_health(client: httpx.Client, url: str, wait_s: float) -> dict:
     while True:
         try:
             response = client.get("/health")
-            if response.status_code == 200:
-                return response.json()
-            why = f"/health answers {response.status_code}"
+            health = _health(response)
+            if health is not None:
+                return health
+            why = f"/health answers {response.status_code}" + (" with no brain's health" if response.is_success else "")
             if response.status_code < 500:  # something answers, but not a brain: waiting will not change that
                 raise _fail(f"{url} is not an urbanbrain brain service ({why})")
         except httpx.UnsupportedProtocol:
@@ -435,6 +469,17 @@ def _await_health(client: httpx.Client, url: str, wait_s: float) -> dict:
             raise _fail(f"the brain at {url} does not answer ({why}) after {wait_s:g} s: is `urbanbrain run` "
                         "started there, and is the address right?")
         time.sleep(BRAIN_RETRY_S)
+
+
+def _health(response: httpx.Response) -> dict | None:
+    """A brain's /health answer (a JSON object, its clock one too), None if this is none."""
+    if response.status_code != 200:
+        return None
+    try:
+        health = response.json()
+    except (ValueError, RecursionError):
+        return None
+    return health if isinstance(health, dict) and isinstance(health.get("clock") or {}, dict) else None
 
 
 def _check_key(client: httpx.Client, url: str, path: str, key: str, whose: str, what: str) -> None:

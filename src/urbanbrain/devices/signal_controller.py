@@ -71,7 +71,7 @@ class SignalController:
         self.failsafe_s = failsafe_s
         self.max_command_age_s = max_command_age_s
         self.max_skew_s = max_skew_s
-        self.ignored: dict[str, int] = {"stale": 0, "future": 0}  # commands not carried out, and why
+        self.ignored: dict[str, int] = {"stale": 0, "future": 0, "unknown phase": 0}  # commands not carried out, and why
         self.phases = phases
         self.phase = start_phase
         self.green_since = now
@@ -96,6 +96,9 @@ class SignalController:
             return
         if command.time - now > self.max_skew_s:
             self.ignored["future"] += 1
+            return
+        if command.phase is not None and command.phase >= len(self.phases):
+            self.ignored["unknown phase"] += 1  # not in its timing database: it keeps what it shows
             return
         self.last_heard = now
         if command.action == "flash":

@@ -7,38 +7,65 @@ events cross the same validation and storage as a real city's devices. Emergency
 vehicles dispatched in the twin (`emergency`) report through their transponders like
 any device, and their navigation units read the brain's route advice the way a real
 one does (`routes`: `GET /api/emergency/{vehicle}/route`, or its in-process twin).
+
+Nothing the brain does stops the field. While it does not answer, or answers
+something that is no brain's answer, the signal controllers run their own plans,
+what the devices saw waits in the outbox on disk, and the brain is tried again after
+a growing interval. Events it refuses by name are set aside with its reasons; a
+refusal of a request as a whole (the key, the rate) keeps them for later. Commands
+and route advice the field cannot carry out are counted and skipped. It says what it
+is doing, at most a line of each kind every SAY_EVERY_S.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from urbanbrain.core.bus import EventBus
 from urbanbrain.core.clock import CLOCK_DEVICE
-from urbanbrain.devices.protocol import ClockReport, RouteAdvice, parse_command
+from urbanbrain.devices.protocol import (
+    ClockReport,
+    ProtocolError,
+    RouteAdvice,
+    parse_command,
+)
 from urbanbrain.network.model import Network
-from urbanbrain.service.outbox import Outbox, rejected_line
+from urbanbrain.service.outbox import Outbox, RejectLog, rejected_line
 from urbanbrain.twin.emergency import EmergencyFleet, EmergencyTrip
 from urbanbrain.twin.scenario import Scenario
 from urbanbrain.twin.sumo_twin import Twin
 
 # send(events as JSON, commands_after) -> (the (id, command) pairs issued after that id, the
 # cursor for next time); commands_after None: only those issued in answer to these events
-Transport = Callable[[list[str], int | None], tuple[list[tuple[int, dict[str, Any]]], int]]
+Transport = Callable[[list[str], int | None], tuple[list[tuple[int, Any]], int]]
 # routes(vehicle) -> the RouteAdvice (as JSON) the brain planned for it, None while none is planned
 RouteSource = Callable[[str], dict[str, Any] | None]
 FIELD, PRIORITY = "field", "priority"  # the outbox's channels: the field's devices, the emergency vehicles
+BRAIN = "brain"  # the backoff of the brain as a whole (no answer), beside one per channel (a refusal of its key)
 BATCH_EVENTS = 2_000  # per request
 BATCH_BYTES = 1_000_000  # per request, well under the brain's body limit
 DRAIN_S = 0.5  # wall seconds a step may spend resending the backlog (the live second goes first)
-RETRY_REFUSED_KEY_S = 10.0  # how often a field whose key is refused asks again
+BACKOFF_FIRST_S = 1.0  # after a failure the brain is tried again this much later, twice as long after the next...
+BACKOFF_MAX_S = 4.0  # ...up to this: control comes back within seconds of the brain's return
+RETRY_AFTER_MAX_S = 300.0  # a longer Retry-After is taken for a misconfigured proxy's
+SET_ASIDE = frozenset({403, 409, 422})  # refusals which, naming items, are about those items (bad, conflicting,
+# not the key's devices): resending them would be refused again
+TOO_LARGE = 413
+SAY_EVERY_S = 30.0  # wall seconds between two lines of the same kind: a brain refusing every second must not
+# drown the console
+FLUSH_POLL_S = 0.2  # at the end of a run, how often to look whether the brain is due another try
 
 
 class BrainUnreachable(ConnectionError):
@@ -46,16 +73,41 @@ class BrainUnreachable(ConnectionError):
 
 
 class BrainRefused(ValueError):
-    """The brain answered with a refusal: `status` and its errors (item, field, error)."""
+    """The brain answered with a refusal: `status`, its errors (item, field, error), and
+    how long it asks to be left alone (Retry-After), if it says."""
 
-    def __init__(self, status: int, errors: list[dict[str, Any]]):
+    def __init__(self, status: int, errors: list[dict[str, Any]], retry_after_s: float | None = None):
         self.status = status
         self.errors = errors
+        self.retry_after_s = retry_after_s
         super().__init__(f"{status}: " + "; ".join(f"item {e.get('item')}: {e.get('field')}: {e.get('error')}"
                                                    for e in errors[:5]))
 
 
+@dataclass
+class _Backoff:
+    """When to try again after failures: BACKOFF_FIRST_S, twice that, ... up to BACKOFF_MAX_S."""
+
+    failures: int = 0
+    twin_at: float = -math.inf  # not before this time of the twin
+    wall_at: float = -math.inf  # nor before this time of the wall (monotonic)
+
+    def due(self, twin_now: float, wall_now: float) -> bool:
+        return twin_now >= self.twin_at and wall_now >= self.wall_at
+
+    def fail(self) -> float:
+        """Count a failure; the delay before the next try."""
+        self.failures += 1
+        return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(self.failures - 1, 16))
+
+    def clear(self) -> None:
+        self.failures, self.twin_at, self.wall_at = 0, -math.inf, -math.inf
+
+
 class TwinField:
+    """The twin's devices as a city's field, talking to a brain through `send` (and the
+    emergency vehicles through `priority_send`, with their own key)."""
+
     def __init__(self, scenario: Scenario, network: Network, send: Transport, *, seed: int = 1,
                  speed: float = 1.0, horizon_s: float | None = None, tripinfo_path: Path | None = None,
                  failsafe_s: float = 10.0, world: list | None = None, emergency: list[EmergencyTrip] | None = None,
@@ -71,9 +123,9 @@ class TwinField:
         self.speed = speed
         self.end_s = None if horizon_s is None else scenario.begin_s + horizon_s
         self.bus = EventBus()
-        self._outbox: list[Any] = []
+        self._second: list[Any] = []  # what the devices published this second
         for kind in ("detector", "camera", "controller", "emergency"):
-            self.bus.subscribe(kind, self._outbox.append)
+            self.bus.subscribe(kind, self._second.append)
         # Like a real device's sequence numbers, the twin's must go on rising when it
         # starts again against the same brain, or its new events would be taken for
         # resends of the last run's: they start from the wall clock in nanoseconds (a
@@ -87,14 +139,17 @@ class TwinField:
         self.clock_device = clock_device
         self._clock_seq = sequence_base
         self._en_route: set[str] = set()  # emergency vehicles whose transponders report them en route
-        self._advised: dict[str, dict[str, Any]] = {}  # vehicle -> the latest advice its navigation unit took
-        self._route_refused: set[str] = set()  # vehicles whose route the brain refused to the field's key
-        self.last_command: int | None = None  # cursor of the commands applied; None until the brain first answers
+        self._advised: dict[str, Any] = {}  # vehicle -> the latest advice its navigation unit read
+        self.last_command: int | None = None  # cursor of the commands carried out; None until the brain first answers
         self.backlog = outbox if outbox is not None else Outbox()
-        self.rejects = self.backlog.path.with_name("rejected.jsonl")  # what the brain refused, with its reasons
-        self.rejected = 0
+        self.rejects = RejectLog(self.backlog.path.with_name("rejected.jsonl"))  # what the brain refused, and why
+        self.rejected = 0  # events the brain refused by name, set aside
+        self.bad_commands = 0  # commands from the brain the field could not carry out, skipped
+        self.bad_advice = 0  # route advice the navigation units could not read, ignored
         self.brain_reachable = True
-        self.key_refused_at: float | None = None  # wall time of the brain's last refusal of our key
+        self.running = False  # while the twin steps: its clock moves, and paces the tries of an unreachable brain
+        self._waits = {name: _Backoff() for name in (BRAIN, *self.senders)}
+        self._said: dict[str, tuple[float, int]] = {}  # kind of line -> (wall time it was last said, held back since)
         self.say = say or (lambda _message: None)
         self.stop_requested = threading.Event()
 
@@ -104,6 +159,7 @@ class TwinField:
         Nothing the brain does stops it: its signal controllers run their own plans
         while the brain is away, and what the devices saw waits in the outbox."""
         self.twin.start()
+        self.running = True
         try:
             if on_start is not None:
                 on_start()
@@ -122,6 +178,7 @@ class TwinField:
                     if lag > 0:
                         self.stop_requested.wait(lag)
         finally:
+            self.running = False
             self.twin.close()
 
     def close(self) -> None:
@@ -132,155 +189,259 @@ class TwinField:
         self.stop_requested.set()
 
     def flush(self, timeout_s: float) -> bool:
-        """Resend the backlog until it is delivered or `timeout_s` passes (the end of a
-        run); True if nothing is left."""
+        """At the end of a run, resend the backlog until it is delivered or `timeout_s`
+        passes; True if nothing is left. The time server's report of the twin's last
+        second goes first: a replay brain started again after the run has no clock, and
+        would refuse everything else (503)."""
         deadline = time.monotonic() + timeout_s
+        clock = [self._clock_report()] if self.backlog.count else []
         while self.backlog.count and time.monotonic() < deadline and not self.stop_requested.is_set():
-            if not self._drain(deadline):
-                self.stop_requested.wait(1.0)
+            if clock and self._due(FIELD):
+                clock = [clock[index] for index in self._send(FIELD, clock)]
+            if not clock and self.brain_reachable:
+                self._drain(deadline)
+            if self.backlog.count:
+                self.stop_requested.wait(FLUSH_POLL_S)
         return self.backlog.count == 0
 
     def _exchange(self) -> None:
         """Send what the devices saw this second (the live second first, with the time
         server's clock), then as much of the backlog as the step allows, oldest first;
-        apply the commands that come back."""
+        apply the commands that come back; read the emergency vehicles' routes."""
         live: dict[str, list[str]] = {FIELD: [], PRIORITY: []}
-        for e in self._outbox:
+        for e in self._second:
             if e.kind == "emergency":
                 (self._en_route.add if e.status == "en_route" else self._en_route.discard)(e.vehicle)
             live[PRIORITY if e.kind == "emergency" else FIELD].append(e.model_dump_json())
-        self._outbox.clear()
-        self._clock_seq += 1
-        clock = ClockReport(device_id=self.clock_device, seq=self._clock_seq, time=self.twin.now).model_dump_json()
+        self._second.clear()
+        clock = self._clock_report()
         for channel, payloads in live.items():
-            if channel not in self.senders:
-                continue
-            if not self._deliverable():
-                self.backlog.append(channel, payloads)
-                continue
-            self._deliver(channel, payloads, clock if channel == FIELD else None)
-        if self.brain_reachable and self.backlog.count and self._deliverable():
+            if channel in self.senders:
+                self._deliver(channel, payloads, clock if channel == FIELD else None)
+        if self.brain_reachable and self.backlog.count:
             self._drain(time.monotonic() + DRAIN_S)
         self._read_routes()
 
-    def _deliverable(self) -> bool:
-        """Whether to send now: not while the brain refused our key a moment ago (it is
-        asked again every RETRY_REFUSED_KEY_S). An unreachable brain is tried every
-        second: that is how the field learns it is back. The live second goes before
-        the backlog, so that the brain takes the signals back at once."""
-        return self.key_refused_at is None or time.monotonic() - self.key_refused_at >= RETRY_REFUSED_KEY_S
+    def _clock_report(self) -> str:
+        """The time server's report of the twin's time (a fresh sequence number each)."""
+        self._clock_seq += 1
+        return ClockReport(device_id=self.clock_device, seq=self._clock_seq, time=self.twin.now).model_dump_json()
+
+    def _due(self, channel: str) -> bool:
+        """Whether to try the brain with this channel's events now: not before the
+        backoff after its last failure to answer, or to take the channel's events, has
+        passed. Once the twin has stopped, its clock no longer paces the tries."""
+        twin_now = self.twin.now if self.running else math.inf
+        wall_now = time.monotonic()
+        return self._waits[BRAIN].due(twin_now, wall_now) and self._waits[channel].due(twin_now, wall_now)
 
     def _deliver(self, channel: str, payloads: list[str], clock: str | None) -> None:
-        """Send one channel's live events (and the clock, which is never kept: a late
-        clock report says nothing); what cannot be delivered goes to the outbox."""
-        batch = [*payloads, clock] if clock is not None else payloads  # the clock last: the brain ticks
-        # once it has the whole second
+        """Send one channel's live events, if the brain is due a try, with the clock last
+        (the brain ticks once it has the whole second); what it does not take now waits
+        in the outbox, but for the clock: a late clock report says nothing."""
+        batch = [*payloads, clock] if clock is not None else payloads
         if not batch:
             return
-        try:
-            for chunk in _chunks(batch):
-                self._send(channel, chunk)
-                batch = batch[len(chunk):]
-        except BrainUnreachable as exc:
-            if self.brain_reachable:
-                self.say(f"t={self.twin.now:g}: the brain is unreachable ({exc}); signals run their own plans, "
-                         "events wait on disk")
-            self.brain_reachable = False
-            self.backlog.append(channel, [p for p in batch if p is not clock])
-            return
-        if not self.brain_reachable:
-            self.say(f"t={self.twin.now:g}: the brain answers again; resending {self.backlog.count} events")
-        self.brain_reachable = True
+        left = self._send(channel, batch) if self._due(channel) else range(len(batch))
+        self._keep(channel, [batch[index] for index in left if index < len(payloads)])
 
-    def _drain(self, deadline: float) -> bool:
-        """Resend the oldest waiting events until the deadline; False if the brain stopped answering."""
+    def _drain(self, deadline: float) -> None:
+        """Resend the oldest waiting events, channel by channel, until the deadline, the
+        end of the backlog, or the brain cannot take more now."""
         while self.backlog.count and time.monotonic() < deadline:
-            sent = False
+            progress = False
             for channel in self.backlog.channels():
-                if channel not in self.senders:
+                if channel not in self.senders or not self._due(channel):
                     continue
                 rows = self.backlog.oldest(channel, BATCH_EVENTS, BATCH_BYTES)
-                try:
-                    self._send(channel, [payload for _, payload in rows])
-                except BrainUnreachable:
-                    self.brain_reachable = False
-                    return False
-                self.backlog.remove(rows)
-                sent = True
-            if not sent:
-                return False
-            if not self.backlog.count:
-                self.say(f"t={self.twin.now:g}: the backlog is delivered")
-        return True
+                left = set(self._send(channel, [payload for _, payload in rows]))
+                done = [row for index, row in enumerate(rows) if index not in left]
+                if done and self.backlog.remove(done):
+                    progress = True
+            if not progress:
+                return
+        if not self.backlog.count:
+            self._say("delivered", "the backlog is delivered")
 
-    def _send(self, channel: str, payloads: list[str]) -> None:
-        """Deliver events in as many requests as the brain's refusals make necessary:
-        items it refuses (bad, conflicting) are put aside with its reasons and the rest
-        sent again; a request too large is halved. A refusal of the key keeps
-        everything for later and raises BrainUnreachable: the brain is not usable now."""
-        pending = [payloads]
+    def _send(self, channel: str, payloads: list[str]) -> list[int]:
+        """Deliver events in as many requests as size and the brain's refusals make
+        necessary: the items it names as bad, conflicting or not the key's are set aside
+        with its reasons and the rest sent again; a request too large is halved. Returns
+        the indices of the events neither delivered nor set aside: the brain cannot take
+        them now (no answer, or a refusal of the request as a whole), and the field
+        backs off."""
+        pending = _chunks(payloads)
         while pending:
             batch = pending.pop(0)
+            started = time.monotonic()
             try:
-                commands, self.last_command = self.senders[channel](batch, self.last_command)
+                self._post(channel, [payloads[index] for index in batch])
+            except BrainUnreachable as exc:
+                self._unreachable(exc, time.monotonic() - started)
             except BrainRefused as refusal:
-                pending[:0] = self._after_refusal(batch, refusal)
+                after = self._after_refusal([payloads[index] for index in batch], refusal)
+                if after is not None:
+                    pending[:0] = [[batch[k] for k in part] for part in after]
+                    continue
+                self._refused(channel, refusal)
+            else:
+                self._usable(channel)
                 continue
-            self.key_refused_at = None
-            for _, command in commands:
-                self.bus.publish(parse_command(command))
+            return [index for part in (batch, *pending) for index in part]
+        return []
 
-    def _after_refusal(self, batch: list[str], refusal: BrainRefused) -> list[list[str]]:
-        """The batches to send after a refusal of `batch`."""
+    def _post(self, channel: str, batch: list[str]) -> None:
+        """One request; each command that comes back is carried out or counted, then the
+        cursor moves past them all."""
+        commands, cursor = self.senders[channel](batch, self.last_command)
+        for _, command in commands:
+            self._carry_out(command)
+        self.last_command = cursor
+
+    def _carry_out(self, command: Any) -> None:
+        """Hand one command to its controller. One the field cannot carry out (a newer
+        protocol, a validity longer than a controller takes, a phase its intersection
+        does not have) is counted and skipped: it must not stop the other signals."""
+        try:
+            signal = parse_command(command)
+        except ProtocolError as exc:
+            self._bad_command(str(exc))
+            return
+        controller = self.twin.controllers.get(signal.intersection)
+        if controller is not None and signal.phase is not None and signal.phase >= len(controller.phases):
+            self._bad_command(f"{signal.intersection} has no phase {signal.phase}")
+            return
+        self.bus.publish(signal)
+
+    def _bad_command(self, why: str) -> None:
+        self.bad_commands += 1
+        self._say("command", f"a command from the brain the field cannot carry out ({why[:300]}): skipped; "
+                             f"{self.bad_commands} so far")
+
+    def _after_refusal(self, batch: list[str], refusal: BrainRefused) -> list[list[int]] | None:
+        """The batches (indices into `batch`) to send after the brain refused it, or None
+        when the refusal is about the request as a whole (the key, the path, the rate:
+        nothing in the events) and they must wait."""
         named = _items(refusal, len(batch))
-        if refusal.status in (401, 403) and not named:
-            if self.key_refused_at is None:
-                self.say(f"t={self.twin.now:g}: the brain refuses the field's key ({refusal}); events wait on disk")
-            self.key_refused_at = time.monotonic()
-            raise BrainUnreachable(f"the brain refuses the key: {refusal}")
-        if refusal.status == 413 and len(batch) > 1:
-            half = len(batch) // 2
-            return [batch[:half], batch[half:]]
-        bad = named or set(range(len(batch)))
-        with self.rejects.open("a", encoding="utf-8") as out:
-            for index in sorted(bad):
-                reasons = [e for e in refusal.errors if e.get("item") in (index, None)]
-                out.write(rejected_line(batch[index], refusal.status, reasons) + "\n")
-        self.rejected += len(bad)
-        self.say(f"t={self.twin.now:g}: the brain refused {len(bad)} of {len(batch)} events ({refusal}); "
-                 "kept aside with its reasons")
-        rest = [payload for index, payload in enumerate(batch) if index not in bad]
+        if refusal.status == TOO_LARGE:
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return [list(range(half)), list(range(half, len(batch)))]
+            named = {0}  # one event larger than the brain takes: it never will
+        elif refusal.status not in SET_ASIDE or not named:
+            return None
+        self._set_aside(batch, named, refusal)
+        rest = [index for index in range(len(batch)) if index not in named]
         return [rest] if rest else []
+
+    def _set_aside(self, batch: list[str], named: set[int], refusal: BrainRefused) -> None:
+        """Keep the refused events apart with the brain's reasons, for a person to read."""
+        lines = [rejected_line(batch[k], refusal.status, [e for e in refusal.errors if e.get("item") in (k, None)])
+                 for k in sorted(named)]
+        self.rejected += len(lines)
+        if not self.rejects.write(lines):
+            self._say("unwritten", f"{self.rejects.unwritten} refused events not kept in {self.rejects.path}: "
+                                   f"{self.rejects.error}")
+        self._say("refused", f"the brain refused {len(lines)} of {len(batch)} events ({refusal}); set aside with "
+                             f"its reasons, {self.rejected} so far")
+
+    def _refused(self, channel: str, refusal: BrainRefused) -> None:
+        """The brain refused a request of the channel as a whole: its events wait, and it
+        is asked again after the backoff, or when the brain says (Retry-After)."""
+        wait = self._waits[channel]
+        delay = wait.fail()
+        if refusal.retry_after_s is not None:
+            delay = refusal.retry_after_s
+        wait.wall_at = time.monotonic() + delay
+        self._say(f"refused {channel}", f"the brain refuses the {channel} events as a whole ({refusal}): they wait "
+                                        f"on disk; asking again in {delay:g} s")
+
+    def _unreachable(self, exc: BrainUnreachable, took_s: float) -> None:
+        """No usable answer: the signals run their own plans and the events wait. While
+        the twin runs, the brain is tried again after the backoff on the twin's clock
+        (control comes back within seconds of its return, at any speed) and not before
+        as long again as the failed try took (a hung brain takes at most half the
+        field's time); after the run, after the backoff on the wall clock."""
+        wait = self._waits[BRAIN]
+        delay = wait.fail()
+        if self.running:
+            wait.twin_at, wait.wall_at = self.twin.now + delay, time.monotonic() + took_s
+        else:
+            wait.wall_at = time.monotonic() + delay
+        if self.brain_reachable:
+            self._say("unreachable", f"the brain is unreachable ({exc}); signals run their own plans, events wait "
+                                     "on disk")
+        self.brain_reachable = False
+
+    def _usable(self, channel: str) -> None:
+        """The brain took a request of the channel: its backoffs end."""
+        if self._waits[channel].failures:
+            self._say(f"accepted {channel}", f"the brain takes the {channel} events again")
+        if not self.brain_reachable:
+            self._say("answers", f"the brain answers again; resending the {self.backlog.count} events that wait")
+        self._waits[channel].clear()
+        self._waits[BRAIN].clear()
+        self.brain_reachable = True
+
+    def _keep(self, channel: str, payloads: list[str]) -> None:
+        """Into the outbox; say when events are lost to the disk or to the bound."""
+        dropped = self.backlog.dropped
+        if not self.backlog.append(channel, payloads):
+            self._say("disk", f"the outbox cannot keep {len(payloads)} events ({self.backlog.error}): dropped, "
+                              f"{self.backlog.dropped} in all; the signals run on")
+        elif self.backlog.dropped > dropped:
+            self._say("bound", f"the outbox reached its bound ({self.backlog.max_bytes / 2**20:g} MiB): its "
+                               f"{self.backlog.dropped - dropped} oldest events dropped, {self.backlog.dropped} in all")
 
     def _read_routes(self) -> None:
         """Each navigation unit of a vehicle en route asks the brain for its route; a new
-        one goes to the vehicle (the fleet follows it from its next road)."""
+        one goes to the vehicle (the fleet follows it from its next road). Not while the
+        brain is unreachable: the vehicles drive on their last route."""
         if self.routes is None or not self.brain_reachable:
             return
         for vehicle in sorted(self._en_route):
+            started = time.monotonic()
             try:
                 payload = self.routes(vehicle)
-            except BrainUnreachable:
-                self.brain_reachable = False
+            except BrainUnreachable as exc:
+                self._unreachable(exc, time.monotonic() - started)
                 return
-            except BrainRefused as refusal:  # the vehicle drives on its own route meanwhile
-                if vehicle not in self._route_refused:
-                    self.say(f"t={self.twin.now:g}: the brain refuses {vehicle}'s route ({refusal})")
-                self._route_refused.add(vehicle)
+            except BrainRefused as refusal:
+                self._say(f"route {vehicle}", f"the brain refuses {vehicle}'s route ({refusal}); it drives on its own")
                 continue
-            if payload is not None and payload != self._advised.get(vehicle):
-                self._advised[vehicle] = payload
-                self.bus.publish(RouteAdvice.model_validate(payload))
+            if payload is None or payload == self._advised.get(vehicle):
+                continue
+            self._advised[vehicle] = payload  # the same unreadable advice is counted once
+            try:
+                advice = RouteAdvice.model_validate(payload)
+            except ValidationError as exc:
+                self.bad_advice += 1
+                self._say("advice", f"route advice for {vehicle} its navigation unit cannot read "
+                                    f"({_reasons(exc)}): it drives on its last route; {self.bad_advice} so far")
+                continue
+            self.bus.publish(advice)
+
+    def _say(self, kind: str, message: str) -> None:
+        """Tell the operator, at most one line of a kind every SAY_EVERY_S; the lines
+        held back meanwhile are counted in the next."""
+        now = time.monotonic()
+        last, held = self._said.get(kind, (-math.inf, 0))
+        if now - last < SAY_EVERY_S:
+            self._said[kind] = (last, held + 1)
+            return
+        self._said[kind] = (now, 0)
+        self.say(f"t={self.twin.now:g}: {message}" + (f" ({held} more like it in {now - last:.0f} s)" if held else ""))
 
 
-def _chunks(payloads: list[str]) -> list[list[str]]:
-    """Requests of at most BATCH_EVENTS events and BATCH_BYTES bytes (at least one event each)."""
+def _chunks(payloads: list[str]) -> list[list[int]]:
+    """Requests (indices into `payloads`) of at most BATCH_EVENTS events and BATCH_BYTES
+    bytes (at least one event each)."""
     chunks, current, size = [], [], 0
-    for payload in payloads:
+    for index, payload in enumerate(payloads):
         if current and (len(current) >= BATCH_EVENTS or size + len(payload) > BATCH_BYTES):
             chunks.append(current)
             current, size = [], 0
-        current.append(payload)
+        current.append(index)
         size += len(payload)
     if current:
         chunks.append(current)
@@ -289,61 +450,115 @@ def _chunks(payloads: list[str]) -> list[list[str]]:
 
 def _items(refusal: BrainRefused, count: int) -> set[int]:
     """The items a refusal names (none when it is about the whole request)."""
-    return {e["item"] for e in refusal.errors if isinstance(e.get("item"), int) and 0 <= e["item"] < count}
+    return {e["item"] for e in refusal.errors if type(e.get("item")) is int and 0 <= e["item"] < count}
+
+
+def _reasons(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors()[:3])
 
 
 def in_process_transport(runtime, principal) -> Transport:
     """The field inside the service's own process, through the same ingress as HTTP
-    devices (`CityRuntime.ingest`: validated, stored, then acted on)."""
+    devices (`CityRuntime.ingest`: validated, stored, then acted on). A refusal is
+    `BrainRefused` as over HTTP; a brain not ready (5xx) or failing in any other way
+    (its store locked, its disk full) is `BrainUnreachable`: the events wait."""
     from urbanbrain.service.city import BatchError
 
-    def send(events: list[str], after: int | None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    def send(events: list[str], after: int | None) -> tuple[list[tuple[int, Any]], int]:
         try:
             result = runtime.ingest(events, principal, after)
         except BatchError as exc:
+            if exc.status >= 500:
+                raise BrainUnreachable(f"the brain: {exc.status}: {exc}") from None
             raise BrainRefused(exc.status, [{"item": i, "field": f, "error": r} for i, f, r in exc.errors]) from None
+        except Exception as exc:  # noqa: BLE001 - whatever fails under the brain is its outage, not the field's end
+            raise BrainUnreachable(f"the brain: {type(exc).__name__}: {exc}") from None
         return result.commands, result.last_command_id
     return send
 
 
 def in_process_routes(runtime, principal) -> RouteSource:
     """A navigation unit inside the service's own process, reading the brain's route advice
-    as `GET /api/emergency/{vehicle}/route` does (`CityRuntime.route_for`: the same key check)."""
+    as `GET /api/emergency/{vehicle}/route` does (`CityRuntime.route_for`: the same key
+    check, a refusal `BrainRefused` 403; any other failure `BrainUnreachable`)."""
     def route(vehicle: str) -> dict[str, Any] | None:
-        advice = runtime.route_for(principal, vehicle)
+        try:
+            advice = runtime.route_for(principal, vehicle)
+        except PermissionError as exc:
+            raise BrainRefused(403, [{"item": None, "field": "vehicle", "error": str(exc)}]) from None
+        except Exception as exc:  # noqa: BLE001 - whatever fails under the brain is its outage, not the field's end
+            raise BrainUnreachable(f"the brain: {type(exc).__name__}: {exc}") from None
         return None if advice is None else advice.model_dump(mode="json")
     return route
 
 
 def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transport:
-    """Post a batch of events to a brain service. No answer (or a server error, or a
-    brain not ready: 503) raises `BrainUnreachable`, and the field resends the batch
-    later; the brain drops what it already has, by device and sequence number. A
-    refusal raises `BrainRefused` with the brain's reasons."""
+    """Post a batch of events to a brain service. No answer, a server error (a brain
+    not ready: 503) or a 200 that is no brain's answer (a proxy's page) raises
+    `BrainUnreachable`, and the field resends the batch later; the brain drops what it
+    already has, by device and sequence number. A refusal raises `BrainRefused` with
+    the brain's reasons and its Retry-After."""
+    where = f"brain at {brain_url}"
     client = httpx.Client(base_url=brain_url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout_s)
 
-    def send(events: list[str], after: int | None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    def send(events: list[str], after: int | None) -> tuple[list[tuple[int, Any]], int]:
         body = ("[" + ",".join(events) + "]").encode()
         try:
             response = client.post("/api/events", content=body, headers={"Content-Type": "application/json"},
                                    params={} if after is None else {"commands_after": after})
-        except httpx.TransportError as exc:
-            raise BrainUnreachable(f"brain at {brain_url}: {exc}") from None
+        except httpx.RequestError as exc:  # no answer, or one that cannot be decoded
+            raise BrainUnreachable(f"{where}: {str(exc) or type(exc).__name__}") from None
         if response.status_code >= 500:
-            raise BrainUnreachable(f"brain at {brain_url}: {response.status_code}")
+            raise BrainUnreachable(f"{where}: {response.status_code}")
         if response.status_code != 200:
-            raise BrainRefused(response.status_code, _error_list(response))
-        answer = response.json()
-        return [(c["id"], c["command"]) for c in answer["commands"]], answer["last_command_id"]
+            raise BrainRefused(response.status_code, _error_list(response), _retry_after(response))
+        return _answer(response, where)
     return send
+
+
+def _answer(response: httpx.Response, where: str) -> tuple[list[tuple[int, Any]], int]:
+    """The commands and cursor of the brain's answer to a batch (each command is checked
+    where it is carried out); `BrainUnreachable` if the 200 holds anything else."""
+    answer = _json(response)
+    rows = answer.get("commands") if isinstance(answer, dict) else None
+    cursor = answer.get("last_command_id") if isinstance(answer, dict) else None
+    if not (isinstance(rows, list) and _is_id(cursor) and all(isinstance(r, dict) and _is_id(r.get("id")) for r in rows)):
+        raise BrainUnreachable(f"{where}: a 200 that is no brain's answer "
+                               f"({response.headers.get('content-type', 'no content type')}: {response.text[:80]!r})")
+    return [(row["id"], row.get("command")) for row in rows], cursor
+
+
+def _json(response: httpx.Response) -> Any:
+    """The body as JSON, None if it is not."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (given as seconds or as an HTTP date), at most RETRY_AFTER_MAX_S."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S) if math.isfinite(seconds) else None
 
 
 def _error_list(response: httpx.Response) -> list[dict[str, Any]]:
     """The brain's errors as (item, field, error) dicts, whatever shape the body has."""
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
+    body = _json(response)
+    detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list) and all(isinstance(d, dict) for d in detail):
         return detail
     return [{"item": None, "field": "body", "error": str(detail if detail is not None else response.text[:500])}]
@@ -353,21 +568,25 @@ def http_routes(brain_url: str, key: str, timeout_s: float = 5.0) -> RouteSource
     """A navigation unit reading the brain's route advice over HTTP
     (`GET /api/emergency/{vehicle}/route` with the field's key, which must speak for the
     vehicle: a device key for '*' or an admin key). No route planned yet (404) is None;
-    no answer (or a server error) raises `BrainUnreachable`, and the unit asks again
-    next second; a refusal (bad key, a key that may not read the vehicle's route)
-    raises `BrainRefused` with the brain's explanation."""
+    no answer (or a server error, or a 200 that is no JSON object) raises
+    `BrainUnreachable`, and the unit asks again later; a refusal (bad key, a key that
+    may not read the vehicle's route) raises `BrainRefused` with the brain's explanation."""
+    where = f"brain at {brain_url}"
     client = httpx.Client(base_url=brain_url.rstrip("/"), headers={"X-API-Key": key}, timeout=timeout_s)
 
     def route(vehicle: str) -> dict[str, Any] | None:
         try:
             response = client.get(f"/api/emergency/{quote(vehicle, safe='')}/route")
-        except httpx.TransportError as exc:
-            raise BrainUnreachable(f"brain at {brain_url}: {exc}") from None
+        except httpx.RequestError as exc:
+            raise BrainUnreachable(f"{where}: {str(exc) or type(exc).__name__}") from None
         if response.status_code >= 500:
-            raise BrainUnreachable(f"brain at {brain_url}: {response.status_code}")
+            raise BrainUnreachable(f"{where}: {response.status_code}")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise BrainRefused(response.status_code, _error_list(response))
-        return response.json()
+            raise BrainRefused(response.status_code, _error_list(response), _retry_after(response))
+        payload = _json(response)
+        if not isinstance(payload, dict):
+            raise BrainUnreachable(f"{where}: a 200 that is no route advice ({response.text[:80]!r})")
+        return payload
     return route
