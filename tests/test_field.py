@@ -20,16 +20,16 @@ import typer
 from urbanbrain.devices.protocol import SignalCommand
 from urbanbrain.network import read_network
 from urbanbrain.service import field as field_module
-from urbanbrain.service.field import (
+from urbanbrain.service.field import TwinField
+from urbanbrain.service.outbox import Outbox, RejectLog
+from urbanbrain.service.transports import (
     BrainRefused,
     BrainUnreachable,
-    TwinField,
     http_routes,
     http_transport,
     in_process_routes,
     in_process_transport,
 )
-from urbanbrain.service.outbox import Outbox, RejectLog
 from urbanbrain.twin.scenario import load_scenario
 
 HORIZON_S = 40

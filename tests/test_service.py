@@ -141,8 +141,9 @@ def test_operators_steer_an_intersection_and_are_audited(city: City):
 def test_the_operator_switch_reaches_the_field_and_back(grid_net: Path, grid_city: Path, tmp_path: Path):
     """Through the in-process twin: fixed plan, flashing, and back to the brain, with
     no conflicting greens at any second."""
-    from urbanbrain.service.field import TwinField, in_process_transport
+    from urbanbrain.service.field import TwinField
     from urbanbrain.service.host import TWIN_PRINCIPAL
+    from urbanbrain.service.transports import in_process_transport
     from urbanbrain.twin.scenario import load_scenario
 
     city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net, clock="replay")
@@ -284,8 +285,9 @@ def test_a_sequence_number_beyond_64_bits_is_named(city: City):
 def test_a_field_that_starts_again_gets_no_old_commands(grid_net: Path, grid_city: Path, tmp_path: Path):
     """A second run of the twin against the same store (and a restarted brain) is
     sent only the commands issued in answer to its own events, never the history."""
-    from urbanbrain.service.field import TwinField, in_process_transport
+    from urbanbrain.service.field import TwinField
     from urbanbrain.service.host import TWIN_PRINCIPAL
+    from urbanbrain.service.transports import in_process_transport
     from urbanbrain.twin.scenario import load_scenario
 
     scenario = load_scenario(grid_city)

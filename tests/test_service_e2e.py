@@ -125,7 +125,8 @@ def test_fail_safe_when_the_brain_dies_and_control_resumes_when_it_returns(grid_
     (a backlog of 160 s, resent in order behind the live second: before the brain kept
     its own clock, its second batch was refused as too far ahead and the field died).
     On SQLite and on PostgreSQL."""
-    from urbanbrain.service.field import TwinField, http_transport
+    from urbanbrain.service.field import TwinField
+    from urbanbrain.service.transports import http_transport
     from urbanbrain.store import Store
 
     port = free_port()
@@ -184,8 +185,8 @@ def test_the_twin_over_http_dispatches_emergency_vehicles_that_follow_the_brains
     """`urbanbrain twin --emergency 2`: the transponders' reports go over HTTP with the
     fleet's emergency key and are stored like every device event; each navigation unit
     reads its route from `GET /api/emergency/{vehicle}/route` and the vehicle follows it."""
-    from urbanbrain.service.field import BrainRefused, http_routes
     from urbanbrain.service.host import open_store
+    from urbanbrain.service.transports import BrainRefused, http_routes
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -235,7 +236,7 @@ def test_the_twin_over_http_dispatches_emergency_vehicles_that_follow_the_brains
 
 
 def test_http_routes_raise_brain_unreachable_when_no_brain_answers():
-    from urbanbrain.service.field import BrainUnreachable, http_routes
+    from urbanbrain.service.transports import BrainUnreachable, http_routes
 
     route = http_routes(f"http://127.0.0.1:{free_port()}", "ub_none", timeout_s=1.0)  # a closed port
     with pytest.raises(BrainUnreachable, match="127.0.0.1"):

@@ -214,8 +214,9 @@ def test_forged_times_during_a_replay_neither_move_the_clock_nor_cause_a_fallbac
     """Finding 1 on a running city: a controller's key posts reports far in the future,
     creeping 59 s ahead, and far in the past while the twin runs; the brain's clock stays
     the twin's and every controller stays under the brain."""
-    from urbanbrain.service.field import TwinField, in_process_transport
+    from urbanbrain.service.field import TwinField
     from urbanbrain.service.host import TWIN_PRINCIPAL
+    from urbanbrain.service.transports import in_process_transport
     from urbanbrain.twin.scenario import load_scenario
 
     city = City(f"sqlite+pysqlite:///{tmp_path / 'store.db'}", grid_net, clock="replay")

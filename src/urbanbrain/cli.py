@@ -301,7 +301,8 @@ def twin_field(
     from dataclasses import asdict
 
     from urbanbrain.kpi.metrics import trip_kpis
-    from urbanbrain.service.field import TwinField, http_routes, http_transport
+    from urbanbrain.service.field import TwinField
+    from urbanbrain.service.transports import http_routes, http_transport
     from urbanbrain.twin.emergency import random_trips
 
     key = _read_key(key_file, KEY_ENV, "--key-file", "a device key for its devices")

@@ -21,9 +21,10 @@ from urbanbrain.incidents.injection import MIN_HORIZON_S, IncidentInjector, rand
 from urbanbrain.network import read_network
 from urbanbrain.service.app import ServiceState, create_app
 from urbanbrain.service.city import CityRuntime
-from urbanbrain.service.field import TwinField, in_process_routes, in_process_transport
+from urbanbrain.service.field import TwinField
 from urbanbrain.service.keys import Principal, create_key
 from urbanbrain.service.server import run_server
+from urbanbrain.service.transports import in_process_routes, in_process_transport
 from urbanbrain.service.webhooks import WebhookDispatcher
 from urbanbrain.store import Store
 from urbanbrain.store.store import sqlite_url
