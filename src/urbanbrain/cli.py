@@ -489,6 +489,8 @@ def _check_key(client: httpx.Client, url: str, path: str, key: str, whose: str, 
     404, says the key passed)."""
     import httpx
 
+    from urbanbrain.service.transports import error_list
+
     try:
         response = client.get(path, headers={"X-API-Key": key})
     except httpx.TransportError as exc:
@@ -497,16 +499,8 @@ def _check_key(client: httpx.Client, url: str, path: str, key: str, whose: str, 
         raise _fail(f"the brain at {url} refuses {whose} (401): it is unknown or revoked; make one with "
                     "`urbanbrain keys create NAME --role device|emergency --device ...`")
     if response.status_code == 403:
-        raise _fail(f"{whose} may not {what} at the brain at {url} (403: {_detail(response)})")
-
-
-def _detail(response: httpx.Response) -> str:
-    """The brain's own reason for a refusal, whatever the body holds."""
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    return str(detail) if detail else response.text[:200]
+        reasons = "; ".join(str(e.get("error")) for e in error_list(response))
+        raise _fail(f"{whose} may not {what} at the brain at {url} (403: {reasons})")
 
 
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents injected into the twin (ground truth kept apart).")

@@ -95,7 +95,7 @@ def http_transport(brain_url: str, key: str, timeout_s: float = 5.0) -> Transpor
         if response.status_code >= 500:
             raise BrainUnreachable(f"{where}: {response.status_code}")
         if response.status_code != 200:
-            raise BrainRefused(response.status_code, _error_list(response), _retry_after(response))
+            raise BrainRefused(response.status_code, error_list(response), _retry_after(response))
         return _answer(response, where)
     return send
 
@@ -139,7 +139,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), RETRY_AFTER_MAX_S) if math.isfinite(seconds) else None
 
 
-def _error_list(response: httpx.Response) -> list[dict[str, Any]]:
+def error_list(response: httpx.Response) -> list[dict[str, Any]]:
     """The brain's errors as (item, field, error) dicts, whatever shape the body has."""
     body = _json(response)
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -168,7 +168,7 @@ def http_routes(brain_url: str, key: str, timeout_s: float = 5.0) -> RouteSource
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise BrainRefused(response.status_code, _error_list(response), _retry_after(response))
+            raise BrainRefused(response.status_code, error_list(response), _retry_after(response))
         payload = _json(response)
         if not isinstance(payload, dict):
             raise BrainUnreachable(f"{where}: a 200 that is no route advice ({response.text[:80]!r})")
