@@ -26,7 +26,7 @@ def test_valid_messages_round_trip_as_json():
     event = parse_event(json.dumps(GOOD_DETECTOR))
     assert parse_event(event.model_dump_json()) == event
     command = parse_command({"device_id": "brain", "seq": 3, "time": 5, "intersection": "J1", "action": "go", "phase": 2})
-    assert command.version == "1.1"
+    assert command.version == "1.2"
     assert parse_command(command.model_dump_json()) == command
 
 

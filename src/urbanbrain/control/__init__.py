@@ -4,13 +4,14 @@ from urbanbrain.control.base import Controller, LocalProgram, PhaseDecision, act
 from urbanbrain.control.brain import BrainController
 from urbanbrain.control.maxpressure import MaxPressure
 from urbanbrain.control.safety import SafetyIntervention, SafetyLayer, SafetyLimits
+from urbanbrain.control.supervisor import SupervisedBrain
 
 CONTROLLERS = {
     "fixed": fixed,
     "actuated": actuated,
     "delaybased": delaybased,
     "maxpressure": MaxPressure,
-    "brain": BrainController,
+    "brain": SupervisedBrain,
 }
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "SafetyIntervention",
     "SafetyLayer",
     "SafetyLimits",
+    "SupervisedBrain",
 ]

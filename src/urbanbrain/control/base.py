@@ -25,6 +25,7 @@ class PhaseDecision:
     reason: str
     scores: dict[int, float] = field(default_factory=dict)
     keep: bool = False  # a considered change rejected: explained, but no command is sent
+    note: bool = False  # not a phase decision: who decides here has changed (the supervisor), and why
 
 
 class Controller(Protocol):

@@ -8,8 +8,9 @@ network best, from what the device path can tell:
   the feeder roads behind it (once per lane, however many turns it feeds), counted
   double where the queue fills its lane, since detectors cannot see how far it reaches
   beyond (into the junction upstream, or out of the network); a movement
-  whose out-lanes are nearly full gets no weight, because feeding a link about to
-  spill back only blocks the junction upstream (measured, that blocking rule does
+  whose out-lanes are nearly full, or whose queue stands back to their start (exit
+  zones, feeder and entry loops see it, also behind unsignalised junctions), gets no
+  weight, because feeding a link about to spill back only blocks the junction upstream (measured, that blocking rule does
   better than max-pressure's subtraction of out-lane counts, whose weight is 0);
 - the green to change to is the waiting phase that sends the most vehicles across per
   second of the green and change it needs (its queue over start-up, a saturation
@@ -65,6 +66,7 @@ class BrainSettings:
     lost_weight: float = 1.0  # weight of the vehicles a discharging green loses to a change interval
     stall_s: float = 6.0  # a queue whose head stands this long at green is not served by that green
     spill_weight: float = 1.0  # extra weight, per vehicle, of a queue that fills its lane (see _demands)
+    spillback_s: float = 3.0  # an exit whose start has stood occupied this long takes no more vehicles
 
 
 @dataclass
@@ -261,11 +263,18 @@ class BrainController:
                     demand *= 1.0 + self.settings.spill_weight  # the tail is out of sight
                 outs = links.outs[lane]
                 downstream = sum(state.vehicles(o) for o in outs) / len(outs)
-                blocked = all(state.vehicles(o) >= self.settings.full_fraction * self._capacity[o] for o in outs)
+                blocked = all(self._full(o, state) for o in outs)
                 if not blocked and not (index == current and lane in self._stalled):
                     lanes[lane] = max(0.0, demand - self.settings.downstream_weight * downstream)
             result.append(lanes)
         return result
+
+    def _full(self, lane: str, state: CityState) -> bool:
+        """Whether an exit cannot take more vehicles: nearly full by its count, or its queue
+        standing back to its start (seen by its exit zone, feeder or entry loops; the count
+        of a road no approach loop watches is unknown)."""
+        return (state.vehicles(lane) >= self.settings.full_fraction * self._capacity[lane]
+                or state.spillback_s.get(lane, 0.0) >= self.settings.spillback_s)
 
     def _service_s(self, links: _PhaseLinks, state: CityState) -> float:
         longest = max((state.lanes[lane].queue for lane in links.lanes if lane in state.lanes), default=0.0)

@@ -96,6 +96,9 @@ class BrainLoop:
         for decision in decisions:
             if decision.intersection in self.local or not self.safety.controls(decision.intersection):
                 continue
+            if decision.note:
+                self._record(decision, now, "handed over")
+                continue
             if decision.keep:
                 self._record(decision, now, "kept")
                 continue

@@ -22,6 +22,13 @@ lays 4.5 m loops, US practice 6-15 m zones). A point loop tells a vehicle standi
 it, but the first vehicle of a queue may stop short of it (behind a vehicle still in the
 junction, or keeping clear of a blocked exit) and the point may fall in the gap between
 two standing vehicles; a zone longer than that gap always has a standing queue on it.
+
+Each road leaving a signalised intersection that no loop watches otherwise (not an
+approach to another signal, not a feeder road) gets an exit zone over its first
+`exit_zone_m`, as SCOOT lays exit-blocking detectors: the queue on that road may stand
+behind an unsignalised junction or the network's edge, out of the brain's sight, and
+a green into it only blocks the junction. When the zone stands occupied, the queue
+reaches back to the junction: the exit cannot take more vehicles.
 """
 
 from __future__ import annotations
@@ -43,13 +50,15 @@ class DeviceLayout:
     presence_zone_m: float = 10.0  # stop-bar presence zone length; 0: none
     cameras: bool = True
     entry_cameras: bool = True  # a second camera where the approach begins (plate matches: who did not arrive)
+    exit_zone_m: float = 15.0  # exit zone on unwatched roads leaving a signal; 0: none
+    exit_setback_m: float = 1.0  # where the exit zone begins, past the junction
 
 
 @dataclass(frozen=True)
 class Loop:
     detector_id: str
     lane: str
-    position: str  # entry | mid | advance | stopline | presence | feeder_in | feeder_out
+    position: str  # entry | mid | advance | stopline | presence | feeder_in | feeder_out | exit
     pos_m: float  # where it begins on its lane
     length_m: float = 0.0  # 0: a point loop; else a presence zone from pos_m on
 
@@ -67,6 +76,9 @@ class Station:
 def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
     stations = []
     fed: set[str] = set()  # feeder lanes already equipped (a road may feed two approaches)
+    watched = {lane for i in network.intersections.values() for a in i.approaches for lane in a.lanes}
+    watched |= {lane for i in network.intersections.values() for a in i.approaches
+                for edge in a.feeders for lane in network.edge_lanes(edge)}
     for intersection in network.intersections.values():
         loops: list[Loop] = []
         cameras: dict[str, str] = {}
@@ -101,7 +113,21 @@ def place_devices(network: Network, layout: DeviceLayout) -> list[Station]:
                     length = network.lanes[lane_id].length_m
                     loops += [Loop(f"ub_fin_{lane_id}", lane_id, "feeder_in", min(layout.entry_from_start_m, length * 0.25)),
                               Loop(f"ub_fout_{lane_id}", lane_id, "feeder_out", max(0.1, length - layout.stopline_setback_m))]
+        loops += _exit_zones(network, intersection.out_lanes, watched, layout)
+        watched |= set(intersection.out_lanes)
         stations.append(Station(f"det_{intersection.id}", intersection.id, tuple(loops), cameras))
     return stations
+
+
+def _exit_zones(network: Network, out_lanes: tuple[str, ...], watched: set[str], layout: DeviceLayout) -> list[Loop]:
+    """An exit zone on each lane leaving the intersection that nothing else watches."""
+    zones = []
+    for lane_id in out_lanes:
+        length = network.lanes[lane_id].length_m if lane_id in network.lanes else 0.0
+        start = min(layout.exit_setback_m, 0.25 * length)
+        zone_m = min(layout.exit_zone_m, length - start - 0.1)
+        if lane_id not in watched and layout.exit_zone_m > 0 and zone_m > 0:
+            zones.append(Loop(f"ub_exit_{lane_id}", lane_id, "exit", start, zone_m))
+    return zones
 
 

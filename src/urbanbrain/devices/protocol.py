@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 MAX_STAGE_S = 366 * 86400.0  # a controller reporting a stage older than a year reports nonsense
 MAX_COMMAND_VALID_S = 60.0
 # A lane's loop counts at most about one vehicle per second even at saturation (1,800-2,000
@@ -38,7 +38,7 @@ class ProtocolError(ValueError):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    version: Literal["1.0", "1.1"] = PROTOCOL_VERSION
+    version: Literal["1.0", "1.1", "1.2"] = PROTOCOL_VERSION
     device_id: Identifier
     seq: int = Field(ge=0, le=2**63 - 1, description="per-device sequence number, for idempotent resend")
     time: float = Field(ge=0, allow_inf_nan=False, description="seconds (scenario clock or Unix time)")
@@ -46,13 +46,16 @@ class _Message(BaseModel):
 
 class LoopReading(BaseModel):
     """One inductive loop's count and occupancy over the report interval (a `presence`
-    zone's: vehicles that came onto it, and the share of the interval it was occupied)."""
+    or `exit` zone's: vehicles that came onto it, and the share of the interval it was
+    occupied). `exit` (protocol 1.2) is a zone just past the junction on a road leaving
+    it, where no other loop watches: occupied with nobody coming onto it, the queue on
+    that road reaches back to the junction."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     detector_id: Identifier
     lane: Identifier
-    position: Literal["entry", "mid", "advance", "stopline", "presence", "feeder_in", "feeder_out"]
+    position: Literal["entry", "mid", "advance", "stopline", "presence", "feeder_in", "feeder_out", "exit"]
     count: int = Field(ge=0, le=1000)
     occupancy: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
 

@@ -142,7 +142,7 @@ class EmergencyPriority:
                 if intersection_id not in requests or request.key < requests[intersection_id].key:
                     requests[intersection_id] = request
         self._track(requests, state, now)
-        kept = [d for d in decisions if d.intersection not in requests]
+        kept = [d for d in decisions if d.note or d.intersection not in requests]
         return kept + [PhaseDecision(i, r.phase, safety.limits.min_green_s, r.reason)
                        for i, r in sorted(requests.items())]
 

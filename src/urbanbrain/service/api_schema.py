@@ -165,7 +165,7 @@ class Decision(BaseModel):
     time: float
     intersection: str
     phase: int
-    outcome: Literal["switched", "kept", "forced off", "deferred", "refused"]
+    outcome: Literal["switched", "kept", "forced off", "deferred", "refused", "handed over"]
     reason: str
     scores: dict[str, float]
     min_green_s: float

@@ -20,6 +20,11 @@ that has had green for a while with nothing crossing its stop line holds at most
 the vehicles that entered recently. What drift remains moves counts between the
 lanes of one approach, never out of it.
 
+A road leaving a signal that no other loop watches has an exit zone at its start: standing
+occupied with nobody coming onto it, the queue on it reaches back to the junction. That,
+a feeder road standing over its start loop, and an approach standing over its entry loop
+are the city's spillback (`CityState.spillback_s`): roads that cannot take more vehicles.
+
 Feeder roads upstream of a short approach are counted per road (in at its start,
 out at its end); their vehicles count as queued while the queue stands over the
 road's end loop, and that queue is shared among the approach's lanes. A feeder lane
@@ -200,11 +205,16 @@ class SensorEstimator:
         share_decay = min(1.0, dt / SHARE_TAU_S)
         fed: dict[int, tuple[_Feeder, list[_Approach]]] = {}
         for reading in event.readings:
+            if reading.position == "exit":
+                self._spill(reading.lane, reading.occupancy >= STANDING_OCCUPANCY and reading.count == 0, dt)
+                continue
             if reading.position in ("feeder_in", "feeder_out"):
                 known = self._feeders.get(reading.lane)
                 if known is not None:
                     fed[id(known[0])] = known
                     self._on_feeder(known[0], reading.lane, reading.position, reading.count, reading.occupancy, now, dt)
+                    if reading.position == "feeder_in":
+                        self._spill(reading.lane, reading.occupancy >= STANDING_OCCUPANCY, dt)
                 continue
             lane = self._lanes.get(reading.lane)
             if lane is None:
@@ -220,6 +230,7 @@ class SensorEstimator:
                 approach.upstream += reading.count
                 approach.entries.add(now, reading.count)
                 approach.entry_standing_s = approach.entry_standing_s + dt if standing else 0.0
+                self._spill(lane.id, standing, dt)
             elif reading.position == "advance":
                 lane.balance += reading.count
                 lane.entries.add(now, reading.count)
@@ -227,6 +238,8 @@ class SensorEstimator:
                 if approach.zone_m > 0:
                     approach.upstream -= reading.count
                 lane.advance_standing_s = lane.advance_standing_s + dt if standing else 0.0
+                if approach.zone_m <= 0:  # a short approach: its advance loop sits at its start
+                    self._spill(lane.id, standing, dt)
             elif reading.position == "stopline":
                 lane.balance -= reading.count
                 lane.stop_occupancy = reading.occupancy
@@ -253,6 +266,13 @@ class SensorEstimator:
                 lane.state.vehicles = lane.balance + lane.stop_occupancy + approach.upstream * share
                 lane.state.upstream_queue = feeder_queue * share
                 self._queue(lane, approach, share, now)
+
+    def _spill(self, lane: str, standing: bool, dt: float) -> None:
+        """Count how long a lane's start has stood occupied (see `CityState.spillback_s`)."""
+        if standing:
+            self.state.spillback_s[lane] = self.state.spillback_s.get(lane, 0.0) + dt
+        else:
+            self.state.spillback_s.pop(lane, None)
 
     @staticmethod
     def _on_feeder(feeder: _Feeder, lane: str, position: str, count: int, occupancy: float, now: float, dt: float) -> None:

@@ -40,6 +40,9 @@ class CityState:
     time: float = 0.0
     lanes: dict[str, LaneState] = field(default_factory=dict)
     signals: dict[str, SignalStatus] = field(default_factory=dict)
+    # lane -> how long the queue on it has stood back to its start (the junction upstream): the
+    # lane cannot take more vehicles; absent for a lane whose start is clear or unwatched
+    spillback_s: dict[str, float] = field(default_factory=dict)
 
     def vehicles(self, lane_id: str) -> float:
         """Vehicles on a lane; 0 for a lane no device observes."""
