@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from urbanbrain.control.base import PhaseDecision
-from urbanbrain.control.brain import BrainController
+from urbanbrain.control.brain import BrainController, BrainSettings
 from urbanbrain.control.cycle import ActuatedCycle
 from urbanbrain.network.model import Network
 from urbanbrain.state.model import CityState
@@ -64,11 +64,12 @@ class SupervisedBrain:
 
     network: Network
     settings: SupervisorSettings = field(default_factory=SupervisorSettings)
+    brain_settings: BrainSettings = field(default_factory=BrainSettings)
     name: str = "brain"
     local_program: None = None
 
     def __post_init__(self) -> None:
-        self.brain = BrainController(self.network)
+        self.brain = BrainController(self.network, self.brain_settings)
         self.cycle = ActuatedCycle(self.network)
         self.watches = {i: Watch() for i in self.network.intersections}
         self._last_green: dict[str, int] = {}

@@ -140,6 +140,15 @@ class CityNetwork(BaseModel):
     lanes: list[NetworkLane]
 
 
+class SupervisorStatus(BaseModel):
+    runs: Literal["brain", "cycle"] = Field(description="who decides the greens: the brain, or the actuated cycle "
+                                                        "the supervisor handed the intersection to while the brain loses there")
+    since: float
+    until: float | None = Field(description="when the cycle's hold ends (None while the brain runs it)")
+    reason: str = Field(description="why the last hand-over happened, in the measured quantities")
+    losses: int = Field(description="hand-overs to the cycle so far")
+
+
 class IntersectionRow(BaseModel):
     id: str
     x: float
@@ -149,6 +158,8 @@ class IntersectionRow(BaseModel):
     time_in_phase_s: float | None
     mode: Literal["remote", "plan", "fallback", "flash"] | None = Field(description="what its field controller reports")
     controller: Controller = Field(description="what the operator has set")
+    supervisor: SupervisorStatus | None = Field(None, description="the no-regret supervisor's hand-over, where the "
+                                                                 "brain runs a supervised controller")
     queue_veh: float
     vehicles: float
 

@@ -519,9 +519,19 @@ class CityRuntime:
             "phase": signal.phase if signal else None, "signal_state": signal.signal_state if signal else None,
             "time_in_phase_s": signal.time_in_phase_s if signal else None, "mode": signal.mode if signal else None,
             "controller": self.modes.get(intersection_id, "brain"),
+            "supervisor": self._supervisor_row(intersection_id),
             "queue_veh": round(sum(lane.queue for lane in lanes), 2),
             "vehicles": round(sum(lane.vehicles for lane in lanes), 2),
         }
+
+    def _supervisor_row(self, intersection_id: str) -> dict[str, Any] | None:
+        """Who the supervisor lets run the intersection, if the controller is supervised."""
+        status = getattr(self.controller, "status", None)
+        watch = status().get(intersection_id) if status is not None else None
+        if watch is None:
+            return None
+        return {"runs": watch.mode, "since": watch.since, "until": watch.until if watch.mode == "cycle" else None,
+                "reason": watch.reason, "losses": watch.losses}
 
     def intersection_detail(self, intersection_id: str) -> dict[str, Any]:
         with self._lock:
