@@ -41,6 +41,41 @@ def service(tmp_path: Path):
         process.communicate(timeout=60)
 
 
+@pytest.fixture
+def served_runtime(tmp_path: Path, grid_net: Path):
+    """The service in this process over the 2x2 grid (no twin, a wall clock stopped at
+    08:00), so a test can reach into its runtime: (url, admin key, CityRuntime)."""
+    import uvicorn
+
+    from urbanbrain.core.clock import CityClock, ClockSettings
+    from urbanbrain.network import read_network
+    from urbanbrain.service.app import ServiceState, create_app
+    from urbanbrain.service.city import CityRuntime
+    from urbanbrain.service.keys import create_key
+    from urbanbrain.store import Store
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    store = Store(f"sqlite+pysqlite:///{tmp_path / 'store.db'}")
+    store.migrate()
+    key = create_key(store, "admin", "admin")
+    service = ServiceState(store)
+    service.runtime = CityRuntime(read_network(grid_net), store,
+                                  clock=CityClock(ClockSettings(mode="wall"), wall=lambda: 8 * 3600.0))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="cockpit-test-server", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", lambda h: h["city_time"] == 8 * 3600.0, timeout_s=30)
+        yield url, key, service.runtime
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        store.close()
+
+
 def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -203,4 +238,75 @@ def test_the_cockpit_shows_an_emergency_vehicle_its_route_and_the_signal_held_fo
     finally:
         reporting.clear()
     assert set(answers) == {200}, answers
+    assert not errors, errors
+
+
+def test_the_cockpit_shows_the_supervisor_handing_an_intersection_to_the_actuated_cycle_and_back(served_runtime):
+    """The supervisor takes A0 from the brain (as it does when a vehicle stands too long
+    there): the map marks A0 as run by the cycle, the panel says until when and why, and
+    the hand-over stands out in the decisions; then the brain takes it back."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from urbanbrain.control.base import PhaseDecision
+
+    url, key, runtime = served_runtime
+    now = 8 * 3600.0
+
+    def hand_over(intersection: str, mode: str, reason: str, note: str) -> None:
+        """What the supervisor does: change who runs an intersection, and log it as a decision (live and stored)."""
+        with runtime._lock:
+            watch = runtime.controller.watches[intersection]
+            watch.mode, watch.since, watch.until, watch.reason = mode, now, now + 300.0, reason
+            watch.losses += mode == "cycle"
+            runtime.brain._record(PhaseDecision(intersection, 0, 0.0, f"supervisor: {note}", note=True), now, "handed over")
+            runtime._flush()
+
+    with sync_playwright() as playwright:
+        browser, page, errors = _open_cockpit(playwright, url, key)
+        a0, a1, b1 = (page.get_by_test_id(f"intersection-{i}") for i in ("A0", "A1", "B1"))
+        expect(a0).to_have_attribute("data-supervisor", "brain", timeout=30_000)
+        a0.click()
+        supervisor = page.get_by_test_id("panel-supervisor")
+        expect(supervisor).to_have_text("brain")
+        expect(page.get_by_test_id("panel-supervisor-reason")).to_be_hidden()
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", re.compile("live|stale"), timeout=15_000)
+
+        standing = "a vehicle has stood 162 s at the head of B0A0_0 (limit 150 s)"
+        hand_over("A0", "cycle", standing, f"brain losing at A0, actuated cycle for 300 s: {standing}")
+        hand_over("A1", "cycle", f"{standing}, whose exit A1 drains", "brain losing at A1, actuated cycle for 300 s: ...")
+        # within a few seconds, well before the cockpit's periodic re-read (15 s): the live hand-over triggers it,
+        # for an intersection not selected too
+        expect(a1).to_have_attribute("data-supervisor", "cycle", timeout=5_000)
+        expect(a0).to_have_attribute("data-supervisor", "cycle", timeout=5_000)
+        expect(a0).to_have_class(re.compile(r"\bis-cycle\b"))
+        expect(a0).to_have_attribute("aria-label", re.compile(r"supervisor: actuated cycle until 29100 s \(08:05:00\), 1 hand-over"))
+        expect(a0.locator(".m-label")).to_have_text("A0 · cycle")
+        expect(b1).not_to_have_class(re.compile(r"\bis-cycle\b"))
+        expect(b1.locator(".m-label")).to_have_text("B1")
+        ring = "e => getComputedStyle(e.querySelector('.m-cycle')).stroke"
+        assert a0.evaluate(ring) == "rgb(204, 121, 167)" and b1.evaluate(ring) == "none"
+
+        expect(supervisor).to_have_text("actuated cycle until 29100 s (1 hand-over)", timeout=5_000)
+        why = page.get_by_test_id("panel-supervisor-reason")
+        expect(why).to_be_visible()
+        expect(why).to_contain_text("Back to the brain at 08:05:00")
+        expect(why).to_contain_text(standing)
+        handed = page.get_by_test_id("intersection-panel").locator(".decisions li.decision-handed-over")
+        expect(handed).to_have_count(1)
+        expect(handed.locator(".outcome")).to_have_class(re.compile(r"\boutcome-handed-over\b"))
+        expect(handed.locator(".outcome")).to_have_text("handed over")
+        expect(handed.locator(".reason")).to_have_text(f"supervisor: brain losing at A0, actuated cycle for 300 s: {standing}")
+        assert handed.locator(".outcome").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(204, 121, 167)"
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "cockpit-supervisor.png"))
+
+        back = "brain back after 300 s of actuated cycle: no head stands 75 s or more"
+        hand_over("A0", "brain", back, back)
+        expect(a0).to_have_attribute("data-supervisor", "brain", timeout=5_000)
+        expect(a0).not_to_have_class(re.compile(r"\bis-cycle\b"))
+        expect(a0).not_to_have_attribute("aria-label", re.compile("actuated cycle"))
+        expect(supervisor).to_have_text("brain (1 hand-over so far)", timeout=5_000)
+        expect(why).to_have_text(back)
+        expect(handed).to_have_count(2)
+        browser.close()
     assert not errors, errors

@@ -17,6 +17,7 @@ const DEVICES_EVERY_MS = 10_000;
 const HEALTH_EVERY_MS = 10_000;
 const PANEL_EVERY_MS = 3_000;
 const ALERTS_EVERY_MS = 30_000;
+const INTERSECTIONS_EVERY_MS = 15_000; // who runs each signal (the supervisor) is not in the ticks: re-read it
 const EMERGENCY_EVERY_MS = 2_000;      // emergency vehicles move: their positions are polled often
 const STALE_AFTER_MS = 5_000;          // live feed open but silent this long: say so
 const RECONNECT_MAX_MS = 30_000;
@@ -238,6 +239,7 @@ async function start(key) {
     setInterval(refreshHealth, HEALTH_EVERY_MS),
     setInterval(() => refreshPanel(), PANEL_EVERY_MS),
     setInterval(refreshAlerts, ALERTS_EVERY_MS),
+    setInterval(refreshIntersections, INTERSECTIONS_EVERY_MS),
     setInterval(tickEverySecond, 1000),
   );
 }
@@ -380,6 +382,8 @@ function onLiveMessage(msg) {
     }
     case 'decision': {
       const { type, ...d } = msg;
+      // The supervisor handed an intersection over (or back): its map marker changes.
+      if (d.outcome === HANDED_OVER) refreshIntersectionsSoon();
       if (state.detail && d.intersection === state.selected) {
         const list = state.detail.decisions || (state.detail.decisions = []);
         if (!list.some((x) => sameDecision(x, d))) list.unshift(d);
@@ -463,6 +467,13 @@ function mergeIntersection(r) {
   const row = state.inters.get(r.id) || {};
   state.inters.set(r.id, Object.assign(row, r));
   dirty.markers.add(r.id);
+}
+
+let intersectionsSoon = null;
+/** Hand-overs come in bursts (an intersection and those it drains): re-read once after a pause. */
+function refreshIntersectionsSoon() {
+  clearTimeout(intersectionsSoon);
+  intersectionsSoon = setTimeout(() => state.running && refreshIntersections(), 400);
 }
 
 async function refreshIntersections() {
@@ -673,11 +684,12 @@ function makeMarker(id) {
   const title = s('title');
   const halo = s('circle', { class: 'm-select', r: MARKER_R + 6 });
   const outline = s('rect', { class: 'm-outline', x: -(MARKER_R + 4), y: -(MARKER_R + 4), width: 2 * (MARKER_R + 4), height: 2 * (MARKER_R + 4), rx: 3 });
+  const cycle = s('circle', { class: 'm-cycle', r: MARKER_R + 3.5 });   // beaded ring: the supervisor's actuated cycle runs it
   const ring = s('g', { class: 'm-ring' });
   const core = s('circle', { class: 'm-core', r: MARKER_R - 3 });
   const text = s('text', { class: 'm-text', 'text-anchor': 'middle', 'dominant-baseline': 'central' });
   const label = s('text', { class: 'm-label', y: MARKER_R + 14, 'text-anchor': 'middle' });
-  g.append(title, halo, outline, ring, core, text, label);
+  g.append(title, halo, outline, cycle, ring, core, text, label);
   return { g, title, ring, core, text, label, outline, lastState: null, x: 0, y: 0 };
 }
 
@@ -715,10 +727,38 @@ function markerText(row) {
   return '?';
 }
 
+const HANDED_OVER = 'handed over';   // a decision-log outcome: the supervisor changed who runs an intersection
+
+/** The supervisor's hand-over when the actuated cycle runs the intersection, else null. */
+const cycleRun = (row) => (row && row.supervisor && row.supervisor.runs === 'cycle' ? row.supervisor : null);
+
+const handOvers = (n) => `${n} hand-over${n === 1 ? '' : 's'}`;
+
+/** 'actuated cycle until 29100 s (08:05:00)' (or 'brain'): who runs it, in words. */
+function supervisorWords(sup, withClock = true) {
+  if (!sup) return null;
+  if (sup.runs !== 'cycle') return sup.runs ?? 'unknown';
+  const until = Number.isFinite(sup.until) ? ` until ${Math.round(sup.until)} s${withClock ? ` (${fmtClock(sup.until)})` : ''}` : '';
+  return `actuated cycle${until}`;
+}
+
 function describe(row) {
   const phase = row.phase !== null && row.phase !== undefined ? `green phase ${row.phase}`
     : row.mode === 'flash' ? 'flashing' : row.signal_state ? 'change interval' : 'no signal report';
-  return `Intersection ${row.id}: ${phase}, field mode ${row.mode ?? 'unknown'}, controller ${row.controller ?? 'unknown'}, queue ${fmtNum(row.queue_veh)} veh`;
+  const cycle = cycleRun(row);
+  const supervisor = cycle ? `, supervisor: ${supervisorWords(cycle)}, ${handOvers(cycle.losses ?? 0)}` : '';
+  return `Intersection ${row.id}: ${phase}, field mode ${row.mode ?? 'unknown'}, controller ${row.controller ?? 'unknown'}${supervisor}, queue ${fmtNum(row.queue_veh)} veh`;
+}
+
+/** The marker's look for a row: the same code draws the map and the legend. */
+function markerLook(m, row) {
+  const look = row.mode === 'flash' ? 'flash' : row.mode === 'fallback' ? 'fallback' : 'normal';
+  m.g.classList.toggle('is-flash', look === 'flash');
+  m.g.classList.toggle('is-fallback', look === 'fallback');
+  m.g.classList.toggle('is-cycle', Boolean(cycleRun(row)));
+  m.g.classList.toggle('is-change', markerText(row) === 'Δ');
+  m.text.textContent = markerText(row);
+  return look;
 }
 
 function updateMarker(id) {
@@ -731,16 +771,14 @@ function updateMarker(id) {
   m.g.setAttribute('data-phase', row.phase === null || row.phase === undefined ? '' : String(row.phase));
   m.g.setAttribute('data-controller', row.controller ?? '');
   m.g.setAttribute('data-mode', row.mode ?? '');
+  m.g.setAttribute('data-supervisor', row.supervisor ? row.supervisor.runs ?? '' : '');
   if (sig !== m.lastState) {
     drawRing(m.ring, sig);
     m.lastState = sig;
   }
-  const look = row.mode === 'flash' ? 'flash' : row.mode === 'fallback' ? 'fallback' : 'normal';
-  m.g.classList.toggle('is-flash', look === 'flash');
-  m.g.classList.toggle('is-fallback', look === 'fallback');
-  m.g.classList.toggle('is-change', markerText(row) === 'Δ');
-  m.text.textContent = markerText(row);
-  const tag = [row.controller && row.controller !== 'brain' ? row.controller : null, look === 'fallback' ? 'fallback' : null].filter(Boolean).join(' · ');
+  const look = markerLook(m, row);
+  const tag = [row.controller && row.controller !== 'brain' ? row.controller : null, look === 'fallback' ? 'fallback' : null,
+    cycleRun(row) ? 'cycle' : null].filter(Boolean).join(' · ');
   // Real networks have ids like 'cluster_306484187_cluster_...': shorten on the map only.
   const short = id.length > 16 ? `${id.slice(0, 14)}…` : id;
   m.label.textContent = tag ? `${short} · ${tag}` : short;
@@ -866,6 +904,7 @@ function buildLegend() {
     [{ phase: null, signal_state: 'yyrr', mode: 'remote' }, 'change interval'],
     [{ phase: 0, signal_state: 'GGrr', mode: 'fallback' }, 'field fallback'],
     [{ phase: null, signal_state: 'oooo', mode: 'flash' }, 'flashing'],
+    [{ phase: 2, signal_state: 'rrGG', mode: 'remote', supervisor: { runs: 'cycle' } }, 'actuated cycle (brain handed over)'],
   ];
   const box = $('legend-markers');
   box.replaceChildren(h('span', { class: 'legend-title' }, 'Signals'));
@@ -877,9 +916,7 @@ function buildLegend() {
     m.label.remove();
     m.g.setAttribute('transform', 'translate(17 17)');
     drawRing(m.ring, row.signal_state);
-    m.g.classList.toggle('is-flash', row.mode === 'flash');
-    m.g.classList.toggle('is-fallback', row.mode === 'fallback');
-    m.text.textContent = markerText(row);
+    markerLook(m, row);
     box.append(h('span', { class: 'legend-item' },
       s('svg', { width: 24, height: 24, viewBox: '0 0 34 34', 'aria-hidden': 'true', class: 'legend-svg' }, m.g), words));
   }
@@ -1072,7 +1109,11 @@ function buildPanel(id) {
       fact('Field mode', 'mode', { 'data-testid': 'panel-mode' }),
       fact('Controller', 'controller', { 'data-testid': 'panel-controller' }),
       fact('Queue', 'queue'),
-      fact('Vehicles', 'vehicles')),
+      fact('Vehicles', 'vehicles'),
+      h('div', { class: 'fact-wide', 'data-testid': 'panel-supervisor-fact' },
+        h('dt', {}, 'Supervisor'),
+        panel.supervisor = h('dd', { 'data-testid': 'panel-supervisor' }, '…'),
+        panel.supervisorWhy = h('dd', { class: 'supervisor-why', 'data-testid': 'panel-supervisor-reason', hidden: true }))),
     h('div', { class: 'signal-now' }, h('span', { class: 'sub' }, 'Signals now'), panel.signal, panel.signalText = h('code', { 'data-testid': 'panel-signal-state' })),
     h('div', { class: 'control-box' },
       h('span', { class: 'sub', id: 'controller-label' }, 'Operator control'), controls, panel.controlMsg),
@@ -1147,6 +1188,7 @@ function renderPanelData() {
   panel.controller.textContent = row.controller ?? '—';
   panel.queue.textContent = `${fmtNum(row.queue_veh)} veh`;
   panel.vehicles.textContent = Number.isFinite(row.vehicles) ? `${fmtNum(row.vehicles)} veh` : '—';
+  renderSupervisor(row.supervisor);
   for (const [c, b] of Object.entries(panel.buttons)) {
     b.setAttribute('aria-pressed', String(row.controller === c));
     b.classList.toggle('active', row.controller === c);
@@ -1174,7 +1216,7 @@ function renderPanelData() {
   if (!lanes.length) panel.lanes.replaceChildren(h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'No lane data.')));
 
   const decisions = d.decisions || [];
-  panel.decisions.replaceChildren(...decisions.slice(0, 20).map((x) => h('li', {},
+  panel.decisions.replaceChildren(...decisions.slice(0, 20).map((x) => h('li', { class: x.outcome === HANDED_OVER ? 'decision-handed-over' : null },
     h('div', { class: 'decision-head' },
       h('time', {}, fmtClock(x.time)),
       h('span', { class: `outcome outcome-${String(x.outcome).replace(/\s+/g, '-')}` }, x.outcome),
@@ -1182,6 +1224,30 @@ function renderPanelData() {
       x.controller ? h('span', { class: 'muted' }, `(${x.controller})`) : null),
     h('p', { class: 'reason' }, x.reason || '—'))));
   if (!decisions.length) panel.decisions.replaceChildren(h('li', { class: 'empty' }, 'No decisions yet.'));
+}
+
+/** Who runs the intersection (the supervisor's hand-over to the actuated cycle), and why. */
+function renderSupervisor(sup) {
+  const cycle = cycleRun({ supervisor: sup });
+  panel.supervisor.classList.toggle('supervisor-cycle', Boolean(cycle));
+  if (!sup) {
+    panel.supervisor.textContent = '—';
+    panel.supervisorWhy.hidden = true;
+    panel.supervisorWhy.textContent = '';
+    return;
+  }
+  const losses = sup.losses ?? 0;
+  if (cycle) {
+    panel.supervisor.textContent = `${supervisorWords(cycle, false)} (${handOvers(losses)})`;
+  } else {
+    panel.supervisor.textContent = losses ? `${supervisorWords(sup)} (${handOvers(losses)} so far)` : supervisorWords(sup);
+  }
+  const left = cycle && Number.isFinite(cycle.until) && Number.isFinite(state.cityTime) ? cycle.until - state.cityTime : null;
+  const when = cycle && Number.isFinite(cycle.until)
+    ? `Back to the brain at ${fmtClock(cycle.until)}${left !== null && left > 0 ? ` (in ${fmtDuration(left)})` : ''}, unless a vehicle still stands long at a stop line there. ` : '';
+  const why = sup.reason ? `${when}${cycle ? 'Why: ' : ''}${sup.reason}` : when.trim();
+  panel.supervisorWhy.textContent = why;
+  panel.supervisorWhy.hidden = !why;
 }
 
 async function setController(controller) {
