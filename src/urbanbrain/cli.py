@@ -1,4 +1,4 @@
-"""The `urbanbrain` command line: `run` (the brain service), `twin` (a field for it), `keys`, `bench`."""
+"""The `urbanbrain` command line: `run` (the brain service), `twin` (a field for it), `keys`, `bench`, `scenario`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,12 @@ from urbanbrain.control import CONTROLLERS
 from urbanbrain.core.clock import DEFAULT_MAX_SKEW_S
 from urbanbrain.network import Network, read_network
 from urbanbrain.service.outbox import DEFAULT_MAX_BYTES, Outbox
-from urbanbrain.twin.scenario import Scenario, count_demand, load_scenario
+from urbanbrain.twin.scenario import (
+    CORPUS_PREFIX,
+    Scenario,
+    count_demand,
+    load_scenario,
+)
 
 if TYPE_CHECKING:
     import httpx  # imported where the twin talks to its brain: the other commands do without it
@@ -80,7 +85,7 @@ app.add_typer(bench_app, name="bench")
 @bench_app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
-    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, 'demo' for the built-in city, or corpus:NAME (`urbanbrain scenario list`)")] = "demo",
     controller: Annotated[str | None, typer.Option(help="comma-separated controllers (default: all)")] = None,
     observation: Annotated[str, typer.Option(help="sensors (devices only) or oracle (research only: reads the simulator)")] = "sensors",
     horizon: Annotated[int, typer.Option(min=1, help="simulated seconds from the scenario's begin")] = 3600,
@@ -127,7 +132,7 @@ def bench(
 
 @bench_app.command("incidents")
 def bench_incidents(
-    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, 'demo' for the built-in city, or corpus:NAME (`urbanbrain scenario list`)")] = "demo",
     count: Annotated[int, typer.Option(min=1, max=500, help="incidents injected across the hour")] = 50,
     seed: Annotated[int, typer.Option(help="seed of the incidents' places and times, and SUMO's")] = 1,
     controller: Annotated[str, typer.Option(help="the controller running the signals meanwhile")] = "brain",
@@ -156,7 +161,7 @@ def bench_incidents(
 
 @bench_app.command("emergency")
 def bench_emergency(
-    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, 'demo' for the built-in city, or corpus:NAME (`urbanbrain scenario list`)")] = "demo",
     count: Annotated[int, typer.Option(min=1, max=200, help="emergency vehicles dispatched across the network")] = 10,
     seed: Annotated[int, typer.Option(help="seed of the trips and of SUMO")] = 1,
     controller: Annotated[str, typer.Option(help="the controller running the signals (one the brain runs)")] = "brain",
@@ -192,9 +197,92 @@ def bench_emergency(
                            "floor_ratio": comparison.floor_ratio}, details)
 
 
+@bench_app.command("corpus")
+def bench_corpus(
+    names: Annotated[str | None, typer.Option(help="comma-separated corpus networks (default: all; see `urbanbrain scenario list`)")] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated SUMO seeds, each run on every network")] = "1,2,3",
+    controller: Annotated[str | None, typer.Option(help="comma-separated controllers (default: all)")] = None,
+    observation: Annotated[str, typer.Option(help="sensors (devices only) or oracle (research only: reads the simulator)")] = "sensors",
+    horizon: Annotated[int, typer.Option(min=1, help="simulated seconds from the scenario's begin")] = 3600,
+    jobs: Annotated[int, typer.Option(min=1, help="runs at once, each in its own process")] = 2,
+    json_path: Annotated[Path | None, typer.Option("--json", help="append one JSON line per network and seed here; those already in it (same horizon, observation and controllers) are reused, so an interrupted run continues")] = None,
+) -> None:
+    """Run controllers on every corpus network and seed; the brain's ratios to the best peer and the fixed plan."""
+    from urbanbrain.bench import corpus_report
+    from urbanbrain.bench.corpus import CORPUS
+
+    if observation not in OBSERVATIONS:
+        raise typer.BadParameter(f"choose sensors or oracle, not {observation!r}", param_hint="--observation")
+    controllers = _controllers(controller)
+    networks = _corpus_names(_split(names)) if names else [spec.name for spec in CORPUS]
+    wanted = [(network, seed) for network in networks for seed in _seeds(seeds)]
+    records = _reusable_records(json_path, wanted, controllers, horizon, observation)
+    pending = [key for key in wanted if key not in records]
+    _generate_corpus(sorted({network for network, _ in pending}, key=networks.index))
+    specs = [RunSpec(f"{CORPUS_PREFIX}{network}", name, observation, seed, float(horizon))
+             for network, seed in pending for name in controllers]
+    done: dict[tuple[str, int], list] = {}
+    with console.status(f"{len(specs)} runs on {len(pending)} networks x seeds, {jobs} at once, each in its own process ..."):
+        for spec, result in run_all(specs, jobs):
+            key = (spec.scenario.removeprefix(CORPUS_PREFIX), spec.seed)
+            console.print(f"  {key[0]} seed {key[1]} {spec.controller:<12} total delay {result.kpis.total_delay_s:8.2f} s, "
+                          f"longest stop {result.longest_stop_s:5.0f} s (wall {result.wall_s:.1f} s)", highlight=False)
+            done.setdefault(key, []).append(result)
+            if len(done[key]) == len(controllers):
+                records[key] = corpus_report.corpus_record(*key, horizon, observation, version("eclipse-sumo"), done.pop(key))
+                if json_path:
+                    corpus_report.append_record(json_path, records[key])
+    chosen = [{**records[key], "results": {name: records[key]["results"][name] for name in controllers}} for key in wanted]
+    console.print(corpus_report.controller_table(corpus_report.controller_summaries(chosen, controllers)))
+    cases = corpus_report.brain_cases(chosen)
+    if cases:
+        console.print(corpus_report.ratio_table(cases))
+        long_stops = sum(case.longest_stop_s > corpus_report.STOP_LIMIT_S for case in cases)
+        console.print(f"brain runs with a vehicle standing over {corpus_report.STOP_LIMIT_S:g} s at a lane head: "
+                      f"{long_stops} of {len(cases)}")
+        console.print(corpus_report.worst_table(cases))
+
+
+def _split(values: str) -> list[str]:
+    return [value.strip() for value in values.split(",") if value.strip()]
+
+
+def _seeds(values: str) -> list[int]:
+    try:
+        seeds = [int(value) for value in _split(values)]
+    except ValueError:
+        raise typer.BadParameter(f"{values!r}: give whole numbers separated by commas, e.g. 1,2,3", param_hint="--seeds") from None
+    if not seeds:
+        raise typer.BadParameter("give at least one seed", param_hint="--seeds")
+    return seeds
+
+
+def _reusable_records(path: Path | None, wanted: list[tuple[str, int]], controllers: list[str], horizon: int,
+                      observation: str) -> dict[tuple[str, int], dict]:
+    """The (network, seed) of `wanted` already in the JSON-lines file with this horizon, observation and
+    every controller asked for; the others run (again: their new line replaces the old one)."""
+    from urbanbrain.bench.corpus_report import read_records
+
+    if path is None or not path.exists():
+        return {}
+    try:
+        stored, unreadable = read_records(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--json") from None
+    if unreadable:
+        console.print(f"[yellow]{unreadable} line(s) of {path} unreadable (a run killed while writing?): their runs "
+                      "are done again[/]")
+    reused = {key: stored[key] for key in wanted if key in stored and stored[key].get("horizon_s") == horizon
+              and stored[key].get("observation") == observation and set(controllers) <= set(stored[key]["results"])}
+    if reused:
+        console.print(f"reused from {path} ({len(reused)} of {len(wanted)}, not run again): "
+                      + ", ".join(f"{network} seed {seed}" for network, seed in reused), highlight=False)
+    return reused
+
+
 @app.command()
 def run(
-    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, 'demo' for the built-in city, or corpus:NAME (`urbanbrain scenario list`)")] = "demo",
     controller: Annotated[str, typer.Option(help="the controller the brain runs")] = "brain",
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port")] = 8000,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -279,7 +367,7 @@ def _check_port(host: str, port: int) -> None:
 def twin_field(
     brain: Annotated[str, typer.Option(help="the brain service's URL, e.g. http://127.0.0.1:8000")],
     key_file: Annotated[Path | None, typer.Option(help=f"a file holding the device key for the twin's devices (else the {KEY_ENV} environment variable; never on the command line, where `ps` shows it)")] = None,
-    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, 'demo' for the built-in city, or corpus:NAME (`urbanbrain scenario list`)")] = "demo",
     speed: Annotated[float, typer.Option(min=0, help="simulated seconds per real second (0: as fast as possible)")] = 1.0,
     duration: Annotated[float | None, typer.Option(min=1, help="stop after this many simulated seconds")] = None,
     seed: Annotated[int, typer.Option(help="SUMO's random seed")] = 1,
@@ -503,6 +591,78 @@ def _check_key(client: httpx.Client, url: str, path: str, key: str, whose: str, 
         raise _fail(f"{whose} may not {what} at the brain at {url} (403: {reasons})")
 
 
+def _corpus_names(names: list[str]) -> list[str]:
+    """The corpus networks named, in the corpus's order; an unknown name is refused, named."""
+    from urbanbrain.bench.corpus import UnknownCorpusNetwork, corpus_spec
+
+    try:
+        return [corpus_spec(name).name for name in names]
+    except UnknownCorpusNetwork as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _generate_corpus(names: list[str], folder: Path | None = None, force: bool = False) -> dict[str, Path]:
+    """Each network's .sumocfg, generating (with the probe of its saturation) those not cached yet."""
+    from urbanbrain.bench.corpus import build_corpus_scenario, is_generated
+
+    configs = {}
+    for name in names:
+        if not force and is_generated(name, folder):
+            configs[name] = build_corpus_scenario(name, folder)
+            continue
+        started = time.perf_counter()
+        with console.status(f"generating {name} (network, then its saturation probed under the fixed plan) ..."):
+            configs[name] = build_corpus_scenario(name, folder, force)
+        console.print(f"  generated {name} in {time.perf_counter() - started:.1f} s")
+    return configs
+
+
+scenario_app = typer.Typer(no_args_is_help=True, help="The stress corpus: generated networks of many shapes (corpus:NAME).")
+app.add_typer(scenario_app, name="scenario")
+
+
+@scenario_app.command("list")
+def scenario_list(
+    out: Annotated[Path | None, typer.Option(help="the folder they were generated into (default: the cache beside the demo city)")] = None,
+) -> None:
+    """Every corpus network: its shape, and for those generated already, its signals, short links and demand."""
+    from rich.table import Table
+
+    from urbanbrain.bench.corpus import CORPUS, SHORT_LINK_M, cached_summary
+
+    table = Table("name", "description", "signals", "unsignalised", f"links ≤ {SHORT_LINK_M:g} m (shortest m)",
+                  "demand level", "vehicles")
+    missing = 0
+    for spec in CORPUS:
+        summary = cached_summary(spec.name, out)
+        missing += summary is None
+        junctions = (str(summary["signals"]), str(summary["unsignalised"]),
+                     f"{summary['short_links']} ({summary['shortest_link_m']:g})") if summary else ("-", "-", "-")
+        table.add_row(spec.name, spec.describe(), *junctions, f"{spec.level:.2f}x saturation",
+                      str(summary["vehicles"]) if summary else "-")
+    console.print(table)
+    if missing:
+        console.print(f"{missing} of {len(CORPUS)} not generated yet (- above): `urbanbrain scenario generate --all` "
+                      "generates them (a few seconds to a minute each)")
+
+
+@scenario_app.command("generate")
+def scenario_generate(
+    names: Annotated[list[str] | None, typer.Argument(help="corpus networks (see `urbanbrain scenario list`)")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every corpus network")] = False,
+    out: Annotated[Path | None, typer.Option(help="generate into this folder (default: the cache beside the demo city)")] = None,
+    force: Annotated[bool, typer.Option(help="generate again even where cached")] = False,
+) -> None:
+    """Generate corpus networks (or find them cached) and print their .sumocfg files."""
+    from urbanbrain.bench.corpus import CORPUS
+
+    if not names and not all_:
+        raise typer.BadParameter("name the networks, or give --all", param_hint="NAMES")
+    chosen = [spec.name for spec in CORPUS] if all_ else _corpus_names(names or [])
+    for config in _generate_corpus(chosen, out, force).values():
+        console.print(str(config), highlight=False, soft_wrap=True)
+
+
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents injected into the twin (ground truth kept apart).")
 app.add_typer(incidents_app, name="incidents")
 
@@ -525,7 +685,7 @@ def _parse_incident(spec: str, begin_s: float, index: int):
 
 @incidents_app.command("simulate")
 def incidents_simulate(
-    scenario: Annotated[str, typer.Option(help="a .sumocfg file, or 'demo' for the built-in city")] = "demo",
+    scenario: Annotated[str, typer.Option(help="a .sumocfg file, 'demo' for the built-in city, or corpus:NAME (`urbanbrain scenario list`)")] = "demo",
     at: Annotated[list[str] | None, typer.Option(help="an incident KIND,EDGE,LANES,POSITION_M,START_S,DURATION_S (repeat); KIND stalled_vehicle or crash, LANES like 0 or 0+1")] = None,
     count: Annotated[int, typer.Option(min=0, max=500, help="random incidents (besides those given with --at)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the random incidents and of SUMO")] = 1,

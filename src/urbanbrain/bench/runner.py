@@ -22,7 +22,7 @@ from urbanbrain.twin.scenario import Scenario, load_scenario
 
 @dataclass(frozen=True)
 class RunSpec:
-    scenario: str  # as given to load_scenario: a .sumocfg path or "demo"
+    scenario: str  # as given to load_scenario: a .sumocfg path, "demo" or "corpus:NAME"
     controller: str
     observation: str = "sensors"
     seed: int = 1
@@ -56,9 +56,15 @@ def run_on(spec: RunSpec, scenario: Scenario, network: Network) -> RunResult:
 
 def run_all(specs: list[RunSpec], jobs: int = 1):
     """Yield (spec, result) in the order given, each run in its own fresh process.
-    With jobs > 1 runs overlap, which makes their wall times incomparable."""
+    With jobs > 1 runs overlap, which makes their wall times incomparable. When the
+    caller stops early (Ctrl-C, an error, or no longer iterating), the runs not
+    started yet are dropped: only those under way are waited for."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context, max_tasks_per_child=1) as pool:
         futures = [pool.submit(run_isolated, spec) for spec in specs]
-        for spec, future in zip(specs, futures):
-            yield spec, future.result()
+        try:
+            for spec, future in zip(specs, futures):
+                yield spec, future.result()
+        finally:
+            for future in futures:
+                future.cancel()

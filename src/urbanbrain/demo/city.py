@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,56 +82,67 @@ def build_demo_city(cache_dir: Path | None = None, seed: int = DEMO_SEED, force:
     so an interrupted build never leaves a half city that a later call would trust.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / _cache_key(seed)
-    if not force and _is_complete(target):
-        return target / CONFIG_FILE
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
-        _generate_city(staging, seed)
-        _move_into_place(staging, target, force)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    target = root / f"seed{seed}-v{GENERATOR_VERSION}-sumo{sumo_version()}"
+    build_cached(target, CITY_FILES, lambda folder: _generate_city(folder, seed), force)
     return target / CONFIG_FILE
 
 
-def _cache_key(seed: int) -> str:
-    """The SUMO version is part of the key because netconvert's output depends on it."""
-    return f"seed{seed}-v{GENERATOR_VERSION}-sumo{importlib.metadata.version('eclipse-sumo')}"
+def sumo_version() -> str:
+    """Part of every cache key, because netconvert's output depends on it."""
+    return importlib.metadata.version("eclipse-sumo")
 
 
-def _is_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in CITY_FILES)
+def build_cached(target: Path, files: tuple[str, ...], generate: Callable[[Path], None], force: bool = False) -> None:
+    """Make `target` hold the `files` that `generate` writes into an empty folder, unless it already does.
+
+    The files are generated in a temporary folder beside `target` and renamed into
+    place in one step, so an interrupted build never leaves a half scenario that a
+    later call would trust.
+    """
+    if not force and _is_complete(target, files):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        generate(staging)
+        _move_into_place(staging, target, force, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _move_into_place(staging: Path, target: Path, force: bool) -> None:
+def _is_complete(folder: Path, files: tuple[str, ...]) -> bool:
+    return all((folder / name).is_file() for name in files)
+
+
+def _move_into_place(staging: Path, target: Path, force: bool, files: tuple[str, ...]) -> None:
     """Rename the finished city into place; a concurrent builder that won the race is fine.
 
     A forced rebuild or a damaged city is first renamed out of the way, so the
     target path only ever holds a complete city or nothing.
     """
-    if target.exists() and (force or not _is_complete(target)):
+    if target.exists() and (force or not _is_complete(target, files)):
         discarded = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / "city"
         target.rename(discarded)
         shutil.rmtree(discarded.parent, ignore_errors=True)
     try:
         staging.rename(target)
     except OSError:
-        if not _is_complete(target):
+        if not _is_complete(target, files):
             raise
 
 
 def _generate_city(folder: Path, seed: int) -> None:
     net_file = _build_network(folder, seed)
     vehicles = generate_demand(sumolib.net.readNet(str(net_file)), seed)
-    _write_routes(folder / ROUTE_FILE, vehicles, seed)
-    _write_config(folder / CONFIG_FILE)
+    write_routes(folder / ROUTE_FILE, vehicles,
+                 f"urbanbrain demo city, generator v{GENERATOR_VERSION}, seed {seed}: {len(vehicles)} vehicles, morning peak")
+    write_config(folder / CONFIG_FILE, NET_FILE, ROUTE_FILE)
 
 
 # --- network -----------------------------------------------------------------
 
 
-def _run_tool(name: str, args: list[str], cwd: Path) -> None:
+def run_tool(name: str, args: list[str], cwd: Path) -> None:
     """Run a SUMO tool from the installed wheel; failures name the tool and its stderr."""
     binary = Path(sumo.SUMO_HOME) / "bin" / name
     env = {**os.environ, "SUMO_HOME": sumo.SUMO_HOME}  # the wheel's own data, not another install's
@@ -151,15 +163,15 @@ def _build_network(folder: Path, seed: int) -> Path:
     """
     scratch = folder / "build"
     scratch.mkdir()
-    _run_tool("netgenerate", _netgenerate_args(seed), scratch)
+    run_tool("netgenerate", _netgenerate_args(seed), scratch)
     nodes = _read_nodes(scratch / "grid.nod.xml")
     edges = ET.parse(scratch / "grid.edg.xml")
     arterials = _mark_arterials(edges, nodes)
     edges.write(scratch / "city.edg.xml", encoding="UTF-8", xml_declaration=True)
     _write_connections(scratch / "city.con.xml", edges, nodes, arterials)
-    _run_tool("netconvert", _netconvert_args(), scratch)
+    run_tool("netconvert", _netconvert_args(), scratch)
     net_file = folder / NET_FILE
-    net_file.write_text(_without_timestamp((scratch / NET_FILE).read_text(encoding="UTF-8")), encoding="UTF-8")
+    net_file.write_text(without_timestamp((scratch / NET_FILE).read_text(encoding="UTF-8")), encoding="UTF-8")
     shutil.rmtree(scratch)
     return net_file
 
@@ -230,7 +242,7 @@ def _mark_arterials(edges: ET.ElementTree, nodes: dict[str, _Node]) -> set[str]:
     return arterials
 
 
-def _turn(heading_in: float, heading_out: float) -> str:
+def turn_letter(heading_in: float, heading_out: float) -> str:
     """SUMO's direction letter (s, l, r, t) for a change of heading in radians."""
     delta = (heading_out - heading_in + math.pi) % (2 * math.pi) - math.pi
     if abs(delta) < math.pi / 4:
@@ -259,7 +271,7 @@ def _write_connections(path: Path, edges: ET.ElementTree, nodes: dict[str, _Node
         for out_id, out_start, out_end in pairs:
             if out_start != end:
                 continue
-            turn = _turn(heading(start, end), heading(out_start, out_end))
+            turn = turn_letter(heading(start, end), heading(out_start, out_end))
             for from_lane, to_lane in _lane_links(turn):
                 ET.SubElement(root, "connection", {"from": edge_id, "to": out_id, "fromLane": str(from_lane), "toLane": str(to_lane)})
     ET.indent(root)
@@ -282,7 +294,7 @@ def _lane_links(turn: str) -> list[tuple[int, int]]:
     return []
 
 
-def _without_timestamp(text: str) -> str:
+def without_timestamp(text: str) -> str:
     """Drop the build time from SUMO's header comment so equal builds are equal bytes."""
     return re.sub(r"<!-- generated on \S+ by", "<!-- generated by", text, count=1)
 
@@ -369,9 +381,17 @@ def _departure_times(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def _shortest_route(net: sumolib.net.Net, entry: sumolib.net.edge.Edge, exit_: sumolib.net.edge.Edge) -> tuple[str, ...]:
-    """Fastest path along real connections, with a turn penalty and ties broken by edge id.
+    route = route_to(fastest_tree(net, entry), entry.getID(), exit_.getID())
+    if route is None:
+        raise RuntimeError(f"demo city: no route from {entry.getID()} to {exit_.getID()}")
+    return route
 
-    Own Dijkstra rather than sumolib's, whose length-only metric would ignore the
+
+def fastest_tree(net: sumolib.net.Net, entry: sumolib.net.edge.Edge) -> dict[str, str]:
+    """The predecessor of every edge reachable from `entry` on its fastest path there.
+
+    Fastest along real connections, with a turn penalty, ties broken by edge id:
+    own Dijkstra rather than sumolib's, whose length-only metric would ignore the
     arterials' higher speed and whose ties are not guaranteed to break the same way.
     """
     best = {entry.getID(): 0.0}
@@ -379,8 +399,6 @@ def _shortest_route(net: sumolib.net.Net, entry: sumolib.net.edge.Edge, exit_: s
     heap = [(0.0, entry.getID())]
     while heap:
         cost, edge_id = heapq.heappop(heap)
-        if edge_id == exit_.getID():
-            break
         if cost > best[edge_id]:
             continue
         outgoing = net.getEdge(edge_id).getOutgoing()
@@ -392,20 +410,26 @@ def _shortest_route(net: sumolib.net.Net, entry: sumolib.net.edge.Edge, exit_: s
                 best[successor.getID()] = candidate
                 previous[successor.getID()] = edge_id
                 heapq.heappush(heap, (candidate, successor.getID()))
-    if exit_.getID() not in previous:
-        raise RuntimeError(f"demo city: no route from {entry.getID()} to {exit_.getID()}")
-    path = [exit_.getID()]
-    while path[-1] != entry.getID():
-        path.append(previous[path[-1]])
+    return previous
+
+
+def route_to(tree: dict[str, str], entry: str, exit_: str) -> tuple[str, ...] | None:
+    """The edges from `entry` to `exit_` along a :func:`fastest_tree` of `entry`; None if unreachable."""
+    if exit_ not in tree:
+        return None
+    path = [exit_]
+    while path[-1] != entry:
+        path.append(tree[path[-1]])
     return tuple(reversed(path))
 
 
-def _write_routes(path: Path, vehicles: list[Vehicle], seed: int) -> None:
+def write_routes(path: Path, vehicles: list[Vehicle], comment: str) -> None:
+    """Pre-routed vehicles, sorted by departure, under a header `comment` that says what they are."""
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
-        f"<!-- urbanbrain demo city, generator v{GENERATOR_VERSION}, seed {seed}: {len(vehicles)} vehicles, morning peak -->",
-        '<routes xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        'xsi:noNamespaceSchemaLocation="http://sumo.dlr.de/xsd/routes_file.xsd">',
+        f"<!-- {comment} -->",
+        ('<routes xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+         'xsi:noNamespaceSchemaLocation="http://sumo.dlr.de/xsd/routes_file.xsd">'),
     ]
     for vehicle in vehicles:
         lines.append(f'    <vehicle id="{vehicle.id}" depart="{vehicle.depart_s:.1f}" departLane="best" departSpeed="max">')
@@ -415,14 +439,14 @@ def _write_routes(path: Path, vehicles: list[Vehicle], seed: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="UTF-8")
 
 
-def _write_config(path: Path) -> None:
-    """Relative file names keep the cached city movable."""
+def write_config(path: Path, net_file: str, route_file: str) -> None:
+    """One hour of the network and routes; relative file names keep the cached city movable."""
     path.write_text(
         f"""<?xml version="1.0" encoding="UTF-8"?>
 <configuration xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="http://sumo.dlr.de/xsd/sumoConfiguration.xsd">
     <input>
-        <net-file value="{NET_FILE}"/>
-        <route-files value="{ROUTE_FILE}"/>
+        <net-file value="{net_file}"/>
+        <route-files value="{route_file}"/>
     </input>
     <time>
         <begin value="{BEGIN_S}"/>

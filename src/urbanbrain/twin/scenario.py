@@ -12,6 +12,7 @@ from urbanbrain.network.sumo_reader import NET_ROOT, open_sumo_xml
 # route files and additional files alike).
 DEMAND_TAGS = frozenset({"vehicle", "trip", "flow", "person", "personFlow", "container", "containerFlow"})
 TOP_LEVEL = 2  # the depth of the root's children, where a SUMO file defines its demand
+CORPUS_PREFIX = "corpus:"  # a stress-corpus network by name (urbanbrain.bench.corpus)
 
 
 class ScenarioError(ValueError):
@@ -40,21 +41,32 @@ def _files(root: ET.Element, name: str, base: Path) -> tuple[Path, ...]:
 
 
 def load_scenario(spec: str | Path, cache_dir: Path | None = None) -> Scenario:
-    """Resolve `demo` (the built-in city, generated on first use) or a `.sumocfg` path.
+    """Resolve `demo` (the built-in city), `corpus:NAME` (a stress-corpus network; both
+    generated on first use) or a `.sumocfg` path.
 
+    An unknown corpus name raises :class:`ScenarioError` saying how to list the names.
     A missing configuration raises FileNotFoundError; one that is not XML, is another
     kind of SUMO file, names no network or a network that is not there, or has a begin
     that is not a number raises :class:`ScenarioError` naming it. Route files are
     checked by :func:`count_demand`, since a brain with no twin never reads them.
     """
+    name = None
     if str(spec) == "demo":
         from urbanbrain.demo import build_demo_city
 
-        path = build_demo_city(cache_dir)
+        path, name = build_demo_city(cache_dir), "demo"
+    elif str(spec).startswith(CORPUS_PREFIX):
+        from urbanbrain.bench import corpus
+
+        try:
+            name = corpus.corpus_spec(str(spec)).name
+        except corpus.UnknownCorpusNetwork as exc:
+            raise ScenarioError(str(exc)) from None
+        path = corpus.build_corpus_scenario(name, None if cache_dir is None else Path(cache_dir) / "corpus")
     else:
         path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"scenario not found: {path} (give a .sumocfg file or 'demo')")
+        raise FileNotFoundError(f"scenario not found: {path} (give a .sumocfg file, 'demo' or 'corpus:NAME')")
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -71,7 +83,7 @@ def load_scenario(spec: str | Path, cache_dir: Path | None = None) -> Scenario:
     if not net_file.is_file():
         raise ScenarioError(f"scenario {path} names net-file {net}, which is not there ({net_file})")
     return Scenario(
-        name="demo" if str(spec) == "demo" else path.name.removesuffix(".sumocfg"),
+        name=name or path.name.removesuffix(".sumocfg"),
         sumocfg=path.resolve(),
         net_file=net_file,
         begin_s=_begin(root, path),
