@@ -91,5 +91,7 @@ class ActuatedCycle:
 
     @staticmethod
     def _calls(lanes: tuple[str, ...], state: CityState) -> float:
-        """Vehicles that call a phase: waiting at, or arriving on, its lanes."""
-        return sum(max(s.queue + s.upstream_queue, s.vehicles) for lane in lanes if (s := state.lanes.get(lane)))
+        """Vehicles that call a phase: waiting at, or arriving on, its lanes (one at least where a
+        vehicle stands on the stop-line loop, whatever the counts say)."""
+        return sum(max(s.queue + s.upstream_queue, s.vehicles, 1.0 if s.head_standing_s > 0 else 0.0)
+                   for lane in lanes if (s := state.lanes.get(lane)))
