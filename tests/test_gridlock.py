@@ -116,3 +116,45 @@ def test_the_supervisor_hands_a_losing_intersection_to_the_cycle_and_takes_it_ba
     # losing again soon after: the hold doubles
     supervisor.decide(_state(900.0, 10.0, losing), 900.0)
     assert (watch.mode, watch.until - 900.0, watch.losses) == ("cycle", 600.0, 2)
+
+
+LOCKING = "arterial-8-short-s3"  # signals 14-20 m apart, unsignalised junctions between, permissive lefts
+
+
+def test_a_short_link_corridor_that_locks_under_queue_serving_keeps_moving_under_the_brain(tmp_path: Path):
+    """Max-pressure serves the biggest queue, into exits that cannot take it: on this
+    corridor (corpus, 1.3 x the fixed plan's saturation) neighbouring junctions lock each
+    other within minutes. The brain, from the same devices, keeps every head moving."""
+    from urbanbrain.bench.corpus import build_corpus_scenario
+    from urbanbrain.bench.runner import RunSpec, run_all
+
+    scenario = str(build_corpus_scenario(LOCKING, tmp_path))
+    runs = {spec.controller: result for spec, result in
+            run_all([RunSpec(scenario, name, horizon_s=900.0) for name in ("maxpressure", "brain")], jobs=2)}
+    locked, brain = runs["maxpressure"], runs["brain"]
+    assert locked.longest_stop_s > 300, "the queue-serving peer locks here (else this network tests nothing)"
+    assert brain.longest_stop_s <= 300
+    assert brain.kpis.throughput > 2 * locked.kpis.throughput
+
+
+def test_in_a_mesh_of_short_links_an_approach_counts_only_the_roads_that_feed_it(tmp_path: Path):
+    """Before, the walk upstream through unsignalised junctions gave one approach of this
+    network 31 feeder roads, the other direction of its own street among them: queues
+    waiting for other junctions all weighed on one phase, and the lane beside it stood
+    285 s. Now a road counts by the share of its traffic that comes on to the approach."""
+    import sumolib
+
+    from urbanbrain.bench.corpus import build_corpus_scenario
+    from urbanbrain.network.sumo_reader import MIN_FEEDER_SHARE
+
+    scenario = build_corpus_scenario("random-30-short-s2", tmp_path)
+    network = read_network(scenario.parent / "random-30-short-s2.net.xml")
+    roads = sumolib.net.readNet(str(scenario.parent / "random-30-short-s2.net.xml"))
+    approaches = [a for i in network.intersections.values() for a in i.approaches if a.feeders]
+    assert approaches, "the mesh has approaches fed through unsignalised junctions"
+    for approach in approaches:
+        edge = roads.getEdge(approach.edge)
+        reverse = {e.getID() for e in edge.getToNode().getOutgoing() if e.getToNode() == edge.getFromNode()}
+        assert not reverse & set(approach.feeders), f"{approach.edge}: its own street's other direction"
+        assert all(MIN_FEEDER_SHARE <= share <= 1.0 for share in approach.shares())
+        assert sum(approach.shares()) <= 6.0, f"{approach.edge} is given the queues of the mesh"

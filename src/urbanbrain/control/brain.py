@@ -240,7 +240,7 @@ class BrainController:
             else:
                 self._stalled.discard(lane)
             served = green and not stalled
-            if served or lane_state is None or (lane_state.queue < 0.5 and lane_state.head_standing_s <= 0):
+            if served or lane_state is None or lane_state.queue < 0.5:
                 self._red_since.pop(lane, None)
             else:
                 self._red_since.setdefault(lane, now - (lane_state.head_standing_s if stalled else 0.0))
