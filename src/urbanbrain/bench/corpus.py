@@ -77,47 +77,36 @@ class CorpusSpec:
                 f"{signals} signalised, {self.left} lefts")
 
 
-@dataclass(frozen=True)
-class _Family:
-    label: str
-    shape: str
-    size: tuple[int, int]
-    spacing_m: tuple[float, float]
-    lanes: tuple[int, int]
-    signal_share: float
-    left: str
-    levels: tuple[float, float, float]  # the demand level of seeds 1, 2 and 3
-    perturb_m: float = 0.0
-
-    def specs(self) -> list[CorpusSpec]:
-        return [CorpusSpec(f"{self.label}-s{seed}", self.shape, self.size, self.spacing_m, self.lanes,
-                           self.signal_share, self.left, level, seed, self.perturb_m)
-                for seed, level in zip(SEEDS, self.levels, strict=True)]
+def _family(label: str, shape: str, size: tuple[int, int], spacing_m: tuple[float, float], lanes: tuple[int, int],
+            signal_share: float, left: str, levels: tuple[float, float, float], perturb_m: float = 0.0) -> list[CorpusSpec]:
+    """One layout in three seeds (another layout, signal choice and demand each), at the demand `levels` of seeds 1-3."""
+    return [CorpusSpec(f"{label}-s{seed}", shape, size, spacing_m, lanes, signal_share, left, level, seed, perturb_m)
+            for seed, level in zip(SEEDS, levels, strict=True)]
 
 
 _FAMILIES = (
     # Regular grids: the textbook case, then more junctions with dedicated lefts, then wide roads.
-    _Family("grid-3x3", "grid", (3, 3), (150, 150), (2, 1), 1.0, "shared", (0.4, 0.8, 1.1), perturb_m=10),
-    _Family("grid-4x2", "grid", (4, 2), (200, 200), (3, 1), 1.0, "dedicated", (0.6, 0.9, 1.2), perturb_m=15),
-    _Family("grid-2x2-wide", "grid", (2, 2), (250, 250), (4, 2), 1.0, "dedicated", (0.5, 1.0, 1.3), perturb_m=15),
+    _family("grid-3x3", "grid", (3, 3), (150, 150), (2, 1), 1.0, "shared", (0.4, 0.8, 1.1), perturb_m=10),
+    _family("grid-4x2", "grid", (4, 2), (200, 200), (3, 1), 1.0, "dedicated", (0.6, 0.9, 1.2), perturb_m=15),
+    _family("grid-2x2-wide", "grid", (2, 2), (250, 250), (4, 2), 1.0, "dedicated", (0.5, 1.0, 1.3), perturb_m=15),
     # Signals 40 m apart in both directions: every queue reaches the next junction.
-    _Family("grid-3x3-short", "grid", (3, 3), (40, 40), (1, 1), 1.0, "shared", (0.5, 0.9, 1.3), perturb_m=8),
+    _family("grid-3x3-short", "grid", (3, 3), (40, 40), (1, 1), 1.0, "shared", (0.5, 0.9, 1.3), perturb_m=8),
     # The German family: clusters of signals 25-45 m apart, priority junctions on the short links between them.
-    _Family("grid-5x3-cluster", "grid", (5, 3), (35, 140), (2, 1), 0.6, "shared", (0.7, 1.0, 1.3), perturb_m=8),
-    _Family("grid-4x2-cluster", "grid", (4, 2), (30, 120), (2, 1), 0.7, "permissive", (0.8, 1.1, 1.3), perturb_m=6),
+    _family("grid-5x3-cluster", "grid", (5, 3), (35, 140), (2, 1), 0.6, "shared", (0.7, 1.0, 1.3), perturb_m=8),
+    _family("grid-4x2-cluster", "grid", (4, 2), (30, 120), (2, 1), 0.7, "permissive", (0.8, 1.1, 1.3), perturb_m=6),
     # Arterials: a corridor with dedicated lefts, then short irregular ones with unsignalised junctions on them.
-    _Family("arterial-6", "arterial", (6, 1), (150, 0), (2, 1), 1.0, "dedicated", (0.4, 0.8, 1.2), perturb_m=30),
-    _Family("arterial-8-short", "arterial", (8, 1), (30, 0), (2, 1), 0.65, "permissive", (0.8, 1.1, 1.3), perturb_m=12),
-    _Family("arterial-10", "arterial", (10, 1), (60, 0), (3, 1), 0.7, "shared", (0.6, 1.0, 1.2), perturb_m=20),
+    _family("arterial-6", "arterial", (6, 1), (150, 0), (2, 1), 1.0, "dedicated", (0.4, 0.8, 1.2), perturb_m=30),
+    _family("arterial-8-short", "arterial", (8, 1), (30, 0), (2, 1), 0.65, "permissive", (0.8, 1.1, 1.3), perturb_m=12),
+    _family("arterial-10", "arterial", (10, 1), (60, 0), (3, 1), 0.7, "shared", (0.6, 1.0, 1.2), perturb_m=20),
     # Irregular random networks: odd angles, three- to five-leg junctions, lane drops.
-    _Family("random-22", "random", (22, 0), (80, 220), (3, 1), 0.7, "shared", (0.4, 0.8, 1.1)),
-    _Family("random-30-short", "random", (30, 0), (25, 90), (2, 1), 0.5, "shared", (0.6, 1.0, 1.3)),
+    _family("random-22", "random", (22, 0), (80, 220), (3, 1), 0.7, "shared", (0.4, 0.8, 1.1)),
+    _family("random-30-short", "random", (30, 0), (25, 90), (2, 1), 0.5, "shared", (0.6, 1.0, 1.3)),
     # Spider webs: rings around a centre, short ring links when the circles are close.
-    _Family("spider-4x2", "spider", (4, 2), (100, 0), (2, 1), 1.0, "dedicated", (0.5, 0.9, 1.2), perturb_m=10),
-    _Family("spider-6x2-short", "spider", (6, 2), (35, 0), (1, 1), 0.7, "shared", (0.4, 0.9, 1.3)),
+    _family("spider-4x2", "spider", (4, 2), (100, 0), (2, 1), 1.0, "dedicated", (0.5, 0.9, 1.2), perturb_m=10),
+    _family("spider-6x2-short", "spider", (6, 2), (35, 0), (1, 1), 0.7, "shared", (0.4, 0.9, 1.3)),
 )
 
-CORPUS: tuple[CorpusSpec, ...] = tuple(spec for family in _FAMILIES for spec in family.specs())
+CORPUS: tuple[CorpusSpec, ...] = tuple(spec for family in _FAMILIES for spec in family)
 _BY_NAME = {spec.name: spec for spec in CORPUS}
 
 

@@ -1,6 +1,13 @@
 """Signal control: controllers, the safety layer, and the loop that joins them."""
 
-from urbanbrain.control.base import Controller, LocalProgram, PhaseDecision, actuated, delaybased, fixed
+from urbanbrain.control.base import (
+    Controller,
+    LocalProgram,
+    PhaseDecision,
+    actuated,
+    delaybased,
+    fixed,
+)
 from urbanbrain.control.brain import BrainController
 from urbanbrain.control.maxpressure import MaxPressure
 from urbanbrain.control.safety import SafetyIntervention, SafetyLayer, SafetyLimits
@@ -15,8 +22,8 @@ CONTROLLERS = {
 }
 
 __all__ = [
-    "BrainController",
     "CONTROLLERS",
+    "BrainController",
     "Controller",
     "LocalProgram",
     "MaxPressure",
