@@ -136,25 +136,3 @@ def test_a_short_link_corridor_that_locks_under_queue_serving_keeps_moving_under
     assert brain.longest_stop_s <= 300
     assert brain.kpis.throughput > 2 * locked.kpis.throughput
 
-
-def test_in_a_mesh_of_short_links_an_approach_counts_only_the_roads_that_feed_it(tmp_path: Path):
-    """Before, the walk upstream through unsignalised junctions gave one approach of this
-    network 31 feeder roads, the other direction of its own street among them: queues
-    waiting for other junctions all weighed on one phase, and the lane beside it stood
-    285 s. Now a road counts by the share of its traffic that comes on to the approach."""
-    import sumolib
-
-    from urbanbrain.bench.corpus import build_corpus_scenario
-    from urbanbrain.network.sumo_reader import MIN_FEEDER_SHARE
-
-    scenario = build_corpus_scenario("random-30-short-s2", tmp_path)
-    network = read_network(scenario.parent / "random-30-short-s2.net.xml")
-    roads = sumolib.net.readNet(str(scenario.parent / "random-30-short-s2.net.xml"))
-    approaches = [a for i in network.intersections.values() for a in i.approaches if a.feeders]
-    assert approaches, "the mesh has approaches fed through unsignalised junctions"
-    for approach in approaches:
-        edge = roads.getEdge(approach.edge)
-        reverse = {e.getID() for e in edge.getToNode().getOutgoing() if e.getToNode() == edge.getFromNode()}
-        assert not reverse & set(approach.feeders), f"{approach.edge}: its own street's other direction"
-        assert all(MIN_FEEDER_SHARE <= share <= 1.0 for share in approach.shares())
-        assert sum(approach.shares()) <= 6.0, f"{approach.edge} is given the queues of the mesh"

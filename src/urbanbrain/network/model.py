@@ -48,21 +48,13 @@ class Approach:
 
     `feeders` are the roads upstream of it, through unsignalised junctions, within
     reach of the stop line: where the queue stands when the approach road itself is
-    short (many real networks split a road just before the junction). `feeder_shares`
-    (one per feeder; 1 each if empty) is the share of a feeder's vehicles expected to
-    come on to this approach: all of them where the feeder leads straight on to it or
-    nowhere else, an even split among the roads a turn could take otherwise.
+    short (many real networks split a road just before the junction).
     """
 
     edge: str
     lanes: tuple[str, ...]
     from_intersection: str | None
     feeders: tuple[str, ...] = ()
-    feeder_shares: tuple[float, ...] = ()
-
-    def shares(self) -> tuple[float, ...]:
-        """Each feeder's share (see above)."""
-        return self.feeder_shares or (1.0,) * len(self.feeders)
 
 
 @dataclass(frozen=True)

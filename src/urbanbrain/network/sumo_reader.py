@@ -28,7 +28,6 @@ from urbanbrain.network.model import (
 )
 
 FEEDER_REACH_M = 200.0
-MIN_FEEDER_SHARE = 0.25  # a feeder sending less of its traffic on to an approach is not counted there
 ROUTING_CLASS = "emergency"  # the road graph is for emergency vehicles' routes
 GENERATED_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=2.0)
 FALLBACK_CLEARANCE = Clearance(yellow_s=3.0, all_red_s=0.0)
@@ -332,34 +331,20 @@ def _generated_phases(connections: list, foes: tuple[frozenset[int], ...], n_gro
     )
 
 
-def _feeders(edge, node_tls: dict[str, str], reach_m: float = FEEDER_REACH_M) -> tuple[tuple[str, float], ...]:
-    """Roads upstream of `edge` through unsignalised junctions, while within `reach_m` of
-    its stop line, each with the share of its vehicles expected to come on to this road:
-    all where it leads straight on to it or nowhere else (a road split by a junction, a
-    merge), an even split among the roads it leads to where it turns into it (the
-    turning shares are not known). A road that reaches it only by a U-turn is not one:
-    its vehicles wait for another junction. Shares multiply along the way; a road whose
-    share falls below `MIN_FEEDER_SHARE` is left out, so that in a mesh of short links the
-    approach is not given the queues of the whole mesh."""
-    shares: dict[str, float] = {}
-    frontier = [(edge, edge.getLength(), 1.0)]
+def _feeders(edge, node_tls: dict[str, str], reach_m: float = FEEDER_REACH_M) -> tuple[str, ...]:
+    """Roads upstream of `edge` through unsignalised junctions, while within `reach_m` of its stop line."""
+    found: list[str] = []
+    frontier = [(edge, edge.getLength())]
     while frontier:
-        current, distance, share = frontier.pop()
+        current, distance = frontier.pop()
         if current.getFromNode().getID() in node_tls or distance >= reach_m:
             continue
-        for upstream, connections in current.getIncoming().items():
-            if upstream.getFunction() or upstream is edge:
+        for upstream in current.getIncoming():
+            if upstream.getFunction() or upstream.getID() in found or upstream is edge:
                 continue
-            onward = [e for e in upstream.getOutgoing() if e.getToNode() != upstream.getFromNode()]
-            if current not in onward:
-                continue  # only a U-turn leads here
-            straight = len(onward) == 1 or any(c.getDirection() == "s" for c in connections)
-            part = share * (1.0 if straight else 1.0 / len(onward))
-            if part < MIN_FEEDER_SHARE or part <= shares.get(upstream.getID(), 0.0):
-                continue
-            shares[upstream.getID()] = part
-            frontier.append((upstream, distance + upstream.getLength(), part))
-    return tuple(sorted(shares.items()))
+            found.append(upstream.getID())
+            frontier.append((upstream, distance + upstream.getLength()))
+    return tuple(sorted(found))
 
 
 def _approaches(connections: list, node_tls: dict[str, str]) -> tuple[Approach, ...]:
@@ -370,14 +355,12 @@ def _approaches(connections: list, node_tls: dict[str, str]) -> tuple[Approach, 
     result = []
     for edge_id, edge in by_edge.items():
         from_node = edge.getFromNode().getID()
-        feeders = _feeders(edge, node_tls)
         result.append(
             Approach(
                 edge=edge_id,
                 lanes=tuple(lane.getID() for lane in edge.getLanes()),
                 from_intersection=node_tls.get(from_node),
-                feeders=tuple(f for f, _ in feeders),
-                feeder_shares=tuple(s for _, s in feeders),
+                feeders=_feeders(edge, node_tls),
             )
         )
     return tuple(result)

@@ -117,7 +117,7 @@ class _Feeder:
 class _Approach:
     lanes: list[_Lane]
     zone_m: float  # entry loop -> advance loop, 0 without entry loops
-    feeders: list[tuple[_Feeder, float]] = field(default_factory=list)  # and the share of its vehicles coming here
+    feeders: list[_Feeder] = field(default_factory=list)
     upstream: float = 0.0  # vehicles between entry and advance loops
     entries: _Recent = field(default_factory=_Recent)
     entry_standing_s: float = 0.0
@@ -165,14 +165,14 @@ class SensorEstimator:
                 group = _Approach(lanes, zone_up)
                 for tracker in lanes:
                     self._approach_of[tracker.id] = group
-                for edge, share in zip(approach.feeders, approach.shares()):
-                    self._add_feeder(network, edge, share, group)
+                for edge in approach.feeders:
+                    self._add_feeder(network, edge, group)
         if bus is not None:
             bus.subscribe("detector", self.on_detector)
             bus.subscribe("camera", self.on_camera)
             bus.subscribe("controller", self.on_controller)
 
-    def _add_feeder(self, network: Network, edge: str, share: float, approach: _Approach) -> None:
+    def _add_feeder(self, network: Network, edge: str, approach: _Approach) -> None:
         lanes = network.edge_lanes(edge)
         known = next((self._feeders[lane] for lane in lanes if lane in self._feeders), None)
         if known is None:
@@ -182,7 +182,7 @@ class SensorEstimator:
                 self._feeders[lane] = known
         feeder, approaches = known
         approaches.append(approach)
-        approach.feeders.append((feeder, share))
+        approach.feeders.append(feeder)
 
     def on_controller(self, event: ControllerState) -> None:
         status = signal_status(self.network, event)
@@ -261,7 +261,7 @@ class SensorEstimator:
             _rebalance(approach.lanes)
             self._correct_upstream(approach, now)
             shares = _shares(approach.lanes)
-            feeder_queue = sum(share * feeder.queue for feeder, share in approach.feeders)
+            feeder_queue = sum(feeder.queue for feeder in approach.feeders)
             for lane, share in zip(approach.lanes, shares):
                 lane.state.vehicles = lane.balance + lane.stop_occupancy + approach.upstream * share
                 lane.state.upstream_queue = feeder_queue * share

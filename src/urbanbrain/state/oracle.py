@@ -28,8 +28,7 @@ class OracleObserver:
         self.state = CityState(source=self.source)
         lanes = {lane for i in network.intersections.values() for lane in (*i.in_lanes, *i.out_lanes)}
         self._lanes = sorted(lanes)
-        self._feeders = [(a.lanes, tuple(zip(a.feeders, a.shares())))
-                         for i in network.intersections.values() for a in i.approaches if a.feeders]
+        self._feeders = [(a.lanes, a.feeders) for i in network.intersections.values() for a in i.approaches if a.feeders]
         for lane in self._lanes:
             self.state.lanes[lane] = LaneState()
         # "approaching" means what an advance loop would tell: moving within its distance of the stop line
@@ -55,7 +54,7 @@ class OracleObserver:
             lane.approaching = float(sum(1 for v in vehicles if self.sumo.vehicle.getLanePosition(v) >= near
                                          and self.sumo.vehicle.getSpeed(v) >= HALTING_SPEED_MS))
         for lanes, feeders in self._feeders:
-            standing = sum(share * self.sumo.edge.getLastStepHaltingNumber(edge) for edge, share in feeders)
+            standing = sum(self.sumo.edge.getLastStepHaltingNumber(edge) for edge in feeders)
             for lane_id in lanes:
                 if lane_id in self.state.lanes:
                     self.state.lanes[lane_id].upstream_queue = standing / len(lanes)
